@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""ragsweep: benchmark every embedding model × every LLM over a QA test set, memory under control.
+
+The story of a run: plan → retrieve → generate → judge → report. Each model is loaded once,
+does all its work, is unloaded and its memory verified before the next one loads.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Offline switches, before any library that reads them is imported.
+os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import argparse
+import json
+import logging
+import platform as python_platform
+import signal
+import sys
+import time
+from pathlib import Path
+
+from dotenv import load_dotenv
+from rich.console import Console
+
+from ragsweep import errors
+from ragsweep.backends import get_backend
+from ragsweep.config import Settings, load_settings
+from ragsweep.errors import ModelCallError, RagsweepError
+from ragsweep.generation import generate
+from ragsweep.lifecycle import clean_state
+from ragsweep.lock import results_lock
+from ragsweep.plan import Plan, make_plan, print_plan
+from ragsweep.platform import get_platform_config
+from ragsweep.report import print_summary, write_exports
+from ragsweep.retrieval import chunk_documents, retrieve
+from ragsweep.run import RunContext, new_run_id
+from ragsweep.runlog import RunLog
+from ragsweep.store import Store
+from ragsweep.testset import load_corpus, load_questions
+
+
+class Interrupted(Exception):
+    def __init__(self, exit_code: int):
+        self.exit_code = exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, help="YAML settings file (default: configs/demo.yaml)")
+    p.add_argument("--backend", choices=["local", "ollama"])
+    p.add_argument("--llms", help="comma-separated LLM names")
+    p.add_argument("--embeddings", help="comma-separated embedding model names (bm25 = lexical)")
+    p.add_argument("--corpus", help="corpus file (.jsonl, .csv, .parquet)")
+    p.add_argument("--testset", help="test-set file (.jsonl, .csv, .parquet)")
+    p.add_argument("--limit", type=int, help="use the first N questions")
+    p.add_argument("--top-k", type=int, help="passages retrieved per question")
+    p.add_argument("--judge", help="'none' or a LiteLLM model name")
+    p.add_argument("--results-dir", help="where runs and the results database go")
+    p.add_argument("--ollama-host", help="Ollama server URL (default: OLLAMA_HOST or http://localhost:11434)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    load_dotenv()  # .env in the working directory; real environment variables win
+    out = Console(quiet=args.quiet, width=None if sys.stdout.isatty() else 200)  # cron logs: no wrapping
+    try:
+        cli = {key: getattr(args, key) for key in Settings.model_fields if hasattr(args, key)}
+        settings = load_settings(args.config, cli)
+        return run(settings, args, out)
+    except RagsweepError as error:
+        print(f"ragsweep: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+def run(settings: Settings, args: argparse.Namespace, out: Console) -> int:
+    # plan: everything that can fail fast fails here
+    documents = load_corpus(settings.corpus)
+    questions = load_questions(settings.testset, {d.id for d in documents}, settings.limit)
+    chunks = chunk_documents(documents, settings.chunk_size, settings.chunk_overlap)
+    if settings.judge != "none":
+        raise errors.ConfigError(f"--judge {settings.judge}: LLM judging (RAGAS) is not available in this version — use --judge none")
+    platform = get_platform_config(embed_batch_size=settings.embed_batch_size)
+    backend = get_backend(settings.backend, platform.device, settings.ollama_host)
+    store = Store(settings.results_dir / "ragsweep.sqlite")
+    plan = make_plan(backend, store, settings.embeddings, settings.llms, len(questions), len(chunks))
+    print_plan(plan, platform, out)
+    if args.dry_run:
+        return errors.EXIT_OK
+
+    run_id = new_run_id()
+    with results_lock(settings.results_dir, run_id):
+        run_dir = settings.results_dir / run_id
+        run_dir.mkdir(parents=True)
+        _log_to(run_dir / "run.log")
+        backend.log_path = run_dir / "models.log"
+        ctx = RunContext(run_id, run_dir, settings, platform, backend, store, RunLog(run_id, run_dir, store, platform), quiet=args.quiet)
+        store.start_run(run_id, settings.public_dict(), plan.as_dict())
+        store.add_questions(run_id, questions)
+        timings: dict[str, float] = {}
+        _handle_sigterm()
+        try:
+            exit_code = _sweep(ctx, plan, chunks, questions, timings)
+            status = "done" if exit_code == errors.EXIT_OK else "finished with failures"
+        except (KeyboardInterrupt, Interrupted) as stop:
+            exit_code = getattr(stop, "exit_code", errors.EXIT_SIGINT)
+            status = "interrupted"
+            ctx.skipped.append("run interrupted: the remaining work was not done")
+        finally:
+            for info in backend.loaded():  # never leave a model resident behind us
+                backend.unload(info.name)
+        summary = write_exports(store, run_id, run_dir, ctx.skipped)
+        _write_run_json(ctx, plan, timings, status, exit_code)
+        store.finish_run(run_id, status, exit_code)
+        ctx.log.close()
+    _print_outcome(ctx, summary, timings, status, exit_code, args.quiet, out)
+    return exit_code
+
+
+def _sweep(ctx: RunContext, plan: Plan, chunks, questions, timings: dict[str, float]) -> int:
+    start = time.perf_counter()
+    clean_state(ctx.backend, ctx.log, "plan")
+
+    usable = []
+    for retriever in plan.retrievers:  # retrieve: each embedding model loaded once
+        try:
+            retrieve(ctx, retriever, chunks, questions)
+            usable.append(retriever.name)
+        except ModelCallError as error:
+            ctx.skipped.append(f"{retriever.name}: retrieval failed, its samples were skipped — {error}")
+            ctx.log.event("model_failed", "retrieve", retriever.name, cause=error.cause, message=str(error))
+    timings["retrieve_s"] = time.perf_counter() - start
+
+    for llm in plan.llms:  # generate: each LLM loaded once, answers under every retriever's contexts
+        generate(ctx, llm, usable, questions)
+    timings["generate_s"] = time.perf_counter() - start - timings["retrieve_s"]
+
+    ctx.skipped.append("LLM-judged metrics (RAGAS) skipped: --judge none")
+    timings["wall_s"] = time.perf_counter() - start
+    timings["model_call_s"] = ctx.model_call_s
+    failed_retrievers = len(plan.retrievers) - len(usable)
+    return errors.EXIT_FAILURES if ctx.failures or failed_retrievers else errors.EXIT_OK
+
+
+def _handle_sigterm() -> None:
+    def stop(signum, frame):
+        raise Interrupted(errors.EXIT_SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _log_to(path: Path) -> None:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("ragsweep")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+
+
+def _write_run_json(ctx: RunContext, plan: Plan, timings: dict[str, float], status: str, exit_code: int) -> None:
+    record = {
+        "run_id": ctx.run_id,
+        "status": status,
+        "exit_code": exit_code,
+        "config": ctx.settings.public_dict(),
+        "platform": ctx.platform.as_dict(),
+        "python": python_platform.python_version(),
+        "versions": ctx.backend.versions(),
+        "models": {m.name: {"kind": m.kind, "digest": m.digest, "license": m.license, "size_bytes": m.size_bytes, "source": m.source} for m in plan.retrievers + plan.llms},
+        "plan": plan.as_dict(),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    (ctx.run_dir / "run.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
+def _print_outcome(ctx: RunContext, summary, timings, status: str, exit_code: int, quiet: bool, out: Console) -> None:
+    answered = sum(row["answered"] for row in summary)
+    samples = sum(row["samples"] for row in summary)
+    line = f"ragsweep {ctx.run_id}: {status}; {answered}/{samples} samples answered in {timings.get('wall_s', 0):.0f} s; results in {ctx.run_dir}"
+    if not quiet:
+        print_summary(summary, out)
+        for note in ctx.skipped:
+            out.print(f"note: {note}")
+    if exit_code in (errors.EXIT_SIGINT, errors.EXIT_SIGTERM):
+        line += " — run the same command again to resume (finished work is reused)"
+    print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Backends: where models run. `get_backend` is the only door the stages use."""
+
+from __future__ import annotations
+
+from .base import Backend, Generation, GenerationOptions, LoadedInfo, LoadedModel, ModelInfo, Prompt
+
+
+def get_backend(name: str, device: str, ollama_host: str | None = None) -> Backend:
+    if name == "local":
+        from .local import LocalBackend
+
+        return LocalBackend(device=device)
+    if name == "ollama":
+        from .ollama import OllamaBackend
+
+        return OllamaBackend(host=ollama_host)
+    raise ValueError(f"unknown backend {name!r}")
+
+
+__all__ = ["Backend", "Generation", "GenerationOptions", "LoadedInfo", "LoadedModel", "ModelInfo", "Prompt", "get_backend"]

@@ -1,0 +1,115 @@
+"""The one interface every backend implements; stages know nothing else about a backend."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+Kind = Literal["embedding", "llm"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model as the plan sees it, before anything is loaded."""
+
+    name: str  # as the user wrote it
+    kind: Kind
+    digest: str  # content hash of the weights: cache keys depend on it
+    license: str | None
+    size_bytes: int | None  # on disk
+    source: str  # file, folder or server it comes from
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoadedInfo:
+    """One model the backend holds in memory right now (one row of /api/ps)."""
+
+    name: str
+    size_bytes: int | None
+    size_vram_bytes: int | None
+    pid: int | None  # the process holding it, when known
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sent identically with every request for a model: a change would make Ollama reload it."""
+
+    max_tokens: int
+    temperature: float
+    seed: int
+    num_ctx: int
+    stop: tuple[str, ...] = ("\n\n", "\nQuestion:", "\nAnswer:")  # base models keep inventing Q/A pairs
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One question with its contexts, in both forms: chat messages and plain completion text."""
+
+    messages: tuple[dict[str, str], ...]
+    completion: str
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps([list(self.messages), self.completion], sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    seconds: float  # time inside the model call
+
+
+class LoadedModel(ABC):
+    """A model resident in memory; `close()` unloads it."""
+
+    info: ModelInfo
+    load_seconds: float
+
+    def embed(self, texts: list[str]) -> tuple[np.ndarray, float]:
+        """(L2-normalised float32 vectors, seconds inside the model call)."""
+        raise NotImplementedError(f"{self.info.name} is not an embedding model")
+
+    def generate(self, prompt: Prompt) -> Generation:
+        raise NotImplementedError(f"{self.info.name} is not a generation model")
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Backend(ABC):
+    name: str
+    runs_locally: bool  # models live in child processes of this one (their RSS is ours to read)
+
+    def check(self) -> None:
+        """Raise BackendUnavailableError if the backend cannot be used at all."""
+
+    @abstractmethod
+    def describe(self, name: str, kind: Kind) -> ModelInfo:
+        """Resolve a model name; raise ModelNotFoundError / ConfigError / MissingPackageError."""
+
+    @abstractmethod
+    def load(self, info: ModelInfo, options: GenerationOptions | None = None) -> LoadedModel: ...
+
+    @abstractmethod
+    def loaded(self) -> list[LoadedInfo]: ...
+
+    @abstractmethod
+    def unload(self, name: str) -> None:
+        """Ask for the model to leave memory (may return before it has)."""
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the software that runs the models, for run.json."""
+        return {}

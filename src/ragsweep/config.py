@@ -1,0 +1,139 @@
+"""One resolved configuration per run: defaults < env/.env < config file < CLI flags.
+
+Every value remembers where it came from, so an error names the file and line, the flag or the
+environment variable to fix. Secrets never enter this object (the judge reads keys from the
+environment itself), so dumping it into run.json is safe.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+
+# Environment variables read as settings (also listed in .env.example).
+ENV_VARS = {
+    "RAGSWEEP_BACKEND": "backend",
+    "RAGSWEEP_LLMS": "llms",
+    "RAGSWEEP_EMBEDDINGS": "embeddings",
+    "RAGSWEEP_JUDGE": "judge",
+    "RAGSWEEP_RESULTS_DIR": "results_dir",
+    "OLLAMA_HOST": "ollama_host",
+}
+LIST_FIELDS = {"llms", "embeddings"}
+PATH_FIELDS = {"corpus", "testset", "results_dir"}
+
+
+class Settings(BaseModel):
+    """The resolved run configuration, saved in run.json beside every result."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["local", "ollama"] = "local"
+    llms: list[str] = Field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"], min_length=1)
+    embeddings: list[str] = Field(default_factory=lambda: ["all-minilm-l6-v2", "bm25"], min_length=1)
+    corpus: Path = REPO_ROOT / "data" / "demo" / "corpus.jsonl"
+    testset: Path = REPO_ROOT / "data" / "demo" / "testset.jsonl"
+    limit: int | None = Field(default=None, ge=1)  # questions used; None = all
+    top_k: int = Field(default=3, ge=1, le=100)  # passages retrieved per question
+    chunk_size: int = Field(default=400, ge=16)  # words per chunk; the demo passages (<= 327) fit whole
+    chunk_overlap: int = Field(default=50, ge=0)  # words shared by neighbouring chunks
+    max_tokens: int = Field(default=48, ge=1)  # answer cap: answers are short spans; small models ramble
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # 0 = deterministic, comparable answers
+    num_ctx: int = Field(default=4096, ge=256)  # context window; 3 passages of 400 words fit
+    seed: int = 0
+    embed_batch_size: int | None = Field(default=None, ge=1)  # None = platform default
+    judge: str = "none"  # "none" or a LiteLLM model name
+    results_dir: Path = REPO_ROOT / "results"
+    ollama_host: str = "http://localhost:11434"
+
+    def public_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_settings(config_path: Path | None, cli: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
+    """Merge the sources (CLI > config file > env > defaults) and validate them once."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+
+    for var, field in ENV_VARS.items():
+        if environ.get(var):
+            values[field] = _coerce(field, environ[var], Path.cwd())
+            origins[field] = f"environment variable {var}"
+
+    path = config_path or DEFAULT_CONFIG
+    for key, (value, line) in _read_yaml(path).items():
+        values[key] = _coerce(key, value, path.parent)
+        origins[key] = f"{path}:{line}: field '{key}'"
+
+    for key, value in cli.items():
+        if value is not None:
+            values[key] = _coerce(key, value, Path.cwd())
+            origins[key] = f"--{key.replace('_', '-')}"
+
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(_describe_validation_error(error, origins, path)) from None
+    _check_paths(settings, origins)
+    if settings.chunk_overlap >= settings.chunk_size:
+        raise ConfigError(
+            f"{origins.get('chunk_overlap', 'chunk_overlap')}: chunk_overlap ({settings.chunk_overlap}) "
+            f"must be smaller than chunk_size ({settings.chunk_size})"
+        )
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, tuple[Any, int]]:
+    """Top-level mapping of the config file, each value with its line number."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} — pass --config with an existing YAML file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(error, 'problem', error)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    lines = {key_node.value: key_node.start_mark.line + 1 for key_node, _ in node.value}
+    return {key: (value, lines.get(key, 1)) for key, value in data.items()}
+
+
+def _coerce(field: str, value: Any, base: Path) -> Any:
+    """Comma lists become lists; relative paths resolve against their source's folder."""
+    if field in LIST_FIELDS and isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if field in PATH_FIELDS and isinstance(value, (str, Path)):
+        return (base / Path(value).expanduser()).resolve()
+    return value
+
+
+def _describe_validation_error(error: ValidationError, origins: dict[str, str], path: Path) -> str:
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    if first["type"] == "extra_forbidden":
+        known = ", ".join(Settings.model_fields)
+        return f"{origins.get(field, path)}: unknown setting '{field}' (known: {known})"
+    where = origins.get(field, f"setting '{field}'")
+    return f"{where}: {first['msg']} (got {first.get('input')!r})"
+
+
+def _check_paths(settings: Settings, origins: dict[str, str]) -> None:
+    for field in ("corpus", "testset"):
+        path = getattr(settings, field)
+        if not path.is_file():
+            raise ConfigError(f"{origins.get(field, field)}: {field} file not found: {path}")

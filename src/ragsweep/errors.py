@@ -1,0 +1,61 @@
+"""Typed errors. Each carries the exit code the entry uses and a message that says the fix."""
+
+EXIT_OK = 0
+EXIT_FAILURES = 1  # finished, but some samples failed
+EXIT_INPUT = 2  # config, test set, model name or missing package
+EXIT_BACKEND = 3  # backend unreachable
+EXIT_LOCKED = 4  # another run holds the results folder
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class RagsweepError(Exception):
+    """Base: the entry prints str(error) on one line and exits with exit_code."""
+
+    exit_code = EXIT_INPUT
+
+
+class ConfigError(RagsweepError):
+    """A config file, flag or environment value is invalid."""
+
+
+class InputError(RagsweepError):
+    """The corpus or test set is missing or malformed."""
+
+
+class ModelNotFoundError(RagsweepError):
+    """A requested model does not exist for the chosen backend."""
+
+
+class MissingPackageError(RagsweepError):
+    """An optional package is not installed."""
+
+    def __init__(self, what: str, requirement: str, no_deps: bool = False):
+        flags = "--no-deps " if no_deps else ""
+        super().__init__(f"{what} needs the package {requirement.split('=')[0]} — run: pip install {flags}{requirement}")
+
+
+class BackendUnavailableError(RagsweepError):
+    """The model server cannot be reached."""
+
+    exit_code = EXIT_BACKEND
+
+
+class RunLockedError(RagsweepError):
+    """Another run is using the same results folder."""
+
+    exit_code = EXIT_LOCKED
+
+
+class MemoryNotReleasedError(RagsweepError):
+    """Memory did not come back after unloading models."""
+
+    exit_code = EXIT_FAILURES
+
+
+class ModelCallError(RagsweepError):
+    """One call into a loaded model failed; recorded as data, never fatal to the sweep."""
+
+    def __init__(self, message: str, cause: str = "error"):
+        super().__init__(message)
+        self.cause = cause

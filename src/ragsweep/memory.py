@@ -1,0 +1,188 @@
+"""Memory snapshots and the clean-state guarantee between model stages.
+
+A snapshot gathers every source that exists and records the ones that do not as absent (None),
+never as zero: torch.cuda in this process sees nothing of a model living in a runner process,
+so the device (NVML) and the backend's own view (/api/ps, runner processes) are read too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import psutil
+
+from .errors import MemoryNotReleasedError
+from .platform import PlatformConfig
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+
+RUNNER_NAMES = ("ollama", "ollama_llama_server", "llama-server")
+
+
+@dataclass
+class MemorySnapshot:
+    """One row of the memory ledger (memory.csv). Byte counts; None = source absent."""
+
+    stage: str  # plan | retrieve | generate | judge | report
+    label: str  # e.g. before_load, loaded, after_unload
+    model: str | None
+    t: float  # unix time
+    platform: str  # cuda | mps | cpu
+    rss_bytes: int  # this process's resident memory
+    runner_rss_bytes: int | None  # resident memory of the backend's model processes
+    system_total_bytes: int
+    system_available_bytes: int
+    device_total_bytes: int | None = None  # NVML
+    device_used_bytes: int | None = None
+    device_free_bytes: int | None = None
+    gpu_runner_bytes: int | None = None  # NVML per-process use, attributed
+    gpu_this_process_bytes: int | None = None
+    gpu_other_bytes: int | None = None
+    torch_allocated_bytes: int | None = None  # this process only, when it uses CUDA
+    backend_loaded_bytes: int | None = None  # what the backend reports loaded (size)
+    backend_loaded_vram_bytes: int | None = None  # ... and how much of it is on the GPU
+    backend_models: str = ""  # ';'-joined names the backend reports loaded
+    pressure_level: int | None = None  # macOS: 1 normal, 2 warn, 4 critical
+    runner_pids: list[int] = field(default_factory=list, repr=False)
+
+    def row(self) -> dict:
+        data = asdict(self)
+        data.pop("runner_pids")
+        return data
+
+    @property
+    def in_use_bytes(self) -> int:
+        """The figure compared with thresholds: device use where known, else model processes' RSS."""
+        if self.device_used_bytes is not None:
+            return self.device_used_bytes
+        return self.runner_rss_bytes or 0
+
+
+def monitor_gpu_memory(stage: str, label: str, backend: "Backend", platform: PlatformConfig, model: str | None = None) -> MemorySnapshot:
+    """Take one snapshot from every source available on this machine."""
+    loaded = backend.loaded()
+    pids = [info.pid for info in loaded if info.pid]
+    system = psutil.virtual_memory()
+    snapshot = MemorySnapshot(
+        stage=stage,
+        label=label,
+        model=model,
+        t=time.time(),
+        platform=platform.device,
+        rss_bytes=psutil.Process().memory_info().rss,
+        runner_rss_bytes=_rss_of(pids) if backend.runs_locally else None,
+        system_total_bytes=system.total,
+        system_available_bytes=system.available,
+        backend_loaded_bytes=sum(info.size_bytes or 0 for info in loaded),
+        backend_loaded_vram_bytes=sum(info.size_vram_bytes or 0 for info in loaded),
+        backend_models=";".join(info.name for info in loaded),
+        runner_pids=pids,
+    )
+    _add_nvml(snapshot, pids)
+    _add_torch(snapshot)
+    if sys.platform == "darwin":
+        snapshot.pressure_level = _macos_pressure_level()
+    return snapshot
+
+
+def ensure_clean_gpu_state(
+    backend: "Backend",
+    platform: PlatformConfig,
+    on_unload: Callable[[str], None] = lambda name: None,
+    poll_s: float = 0.25,
+) -> None:
+    """Unload everything the backend holds, then wait until backend and device agree it is gone.
+
+    Unloading is asynchronous (Ollama answers first, the runner exits later, and the driver's
+    free-memory figure lags a few seconds more), so this polls with a deadline.
+    """
+    for info in backend.loaded():
+        backend.unload(info.name)
+        on_unload(info.name)
+    deadline = time.monotonic() + platform.unload_timeout_s
+    while True:
+        still_loaded = [info.name for info in backend.loaded()]
+        used = _device_used_bytes()
+        memory_back = used is None or used <= platform.baseline_target_bytes
+        if not still_loaded and memory_back:
+            return
+        if time.monotonic() > deadline:
+            raise MemoryNotReleasedError(_not_released_message(still_loaded, used, platform))
+        time.sleep(poll_s)
+
+
+def _not_released_message(still_loaded: list[str], used: int | None, platform: PlatformConfig) -> str:
+    held = f"still loaded: {', '.join(still_loaded)}" if still_loaded else "no model listed as loaded"
+    device = f"; device memory in use {used / 1e9:.2f} GB > baseline target {platform.baseline_target_bytes / 1e9:.2f} GB" if used is not None else ""
+    return f"memory did not come back within {platform.unload_timeout_s:.0f} s after unloading ({held}{device}) — check what else uses the GPU (nvidia-smi) or raise the baseline target"
+
+
+def _rss_of(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue  # exited between the listing and this read
+    return total
+
+
+def _device_used_bytes() -> int | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
+    except Exception:  # no package, no driver, no device: the source is absent
+        return None
+
+
+def _add_nvml(snapshot: MemorySnapshot, runner_pids: list[int]) -> None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+    except Exception:
+        return
+    snapshot.device_total_bytes, snapshot.device_used_bytes, snapshot.device_free_bytes = int(info.total), int(info.used), int(info.free)
+    runner = this = other = 0
+    for process in processes:
+        used = process.usedGpuMemory or 0  # None under WDDM: unknown, counted as 0 in the split
+        if process.pid == os.getpid():
+            this += used
+        elif process.pid in runner_pids or _process_name(process.pid) in RUNNER_NAMES:
+            runner += used
+        else:
+            other += used
+    snapshot.gpu_runner_bytes, snapshot.gpu_this_process_bytes, snapshot.gpu_other_bytes = runner, this, other
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except psutil.Error:
+        return ""
+
+
+def _add_torch(snapshot: MemorySnapshot) -> None:
+    torch = sys.modules.get("torch")  # never import torch just to read zeros
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        snapshot.torch_allocated_bytes = int(torch.cuda.memory_allocated())
+
+
+def _macos_pressure_level() -> int | None:
+    try:
+        out = subprocess.run(["sysctl", "-n", "kern.memorystatus_vm_pressure_level"], capture_output=True, text=True, timeout=2)
+        return int(out.stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,65 @@
+"""Scores that need no judge: retrieval against reference ids, answers against the reference.
+
+Retrieval is scored on the ranked list of *documents* (chunks mapped back to their document,
+first occurrence kept), with binary relevance.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+
+
+def recall_at_k(ranked: Sequence[str], relevant: Sequence[str], k: int) -> float:
+    """Share of the relevant documents found in the first k."""
+    found = set(ranked[:k]) & set(relevant)
+    return len(found) / len(set(relevant))
+
+
+def mrr(ranked: Sequence[str], relevant: Sequence[str]) -> float:
+    """1 / rank of the first relevant document; 0 when none was retrieved."""
+    for rank, doc_id in enumerate(ranked, start=1):
+        if doc_id in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def ndcg_at_k(ranked: Sequence[str], relevant: Sequence[str], k: int) -> float:
+    """Normalised discounted cumulative gain with binary relevance."""
+    gains = [1.0 / math.log2(rank + 1) for rank, doc_id in enumerate(ranked[:k], start=1) if doc_id in relevant]
+    ideal = sum(1.0 / math.log2(rank + 1) for rank in range(1, min(len(set(relevant)), k) + 1))
+    return sum(gains) / ideal
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1 normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    predicted = normalize_answer(prediction).split()
+    expected = normalize_answer(reference).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = Counter(predicted) & Counter(expected)
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision = overlap / len(predicted)
+    recall = overlap / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def dedupe(ids: Sequence[str]) -> list[str]:
+    """Keep the first occurrence of each id, in order."""
+    return list(dict.fromkeys(ids))

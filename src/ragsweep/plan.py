@@ -1,0 +1,96 @@
+"""Plan stage: resolve every model before any work, and say what the run will cost.
+
+Everything that can fail fast does so here (unknown model, wrong kind, missing package), so an
+overnight run never dies at 3 a.m. on a typo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .backends.base import Backend, ModelInfo
+from .platform import PlatformConfig
+from .retrieval import LEXICAL, describe_retriever
+from .store import Store
+
+DEFAULT_ANSWER_S = 3.0  # measured: 2-4 s per answer for the demo's tiny LLMs on 2 CPU cores
+DEFAULT_LOAD_S = 8.0  # a spawned model process: interpreter, torch or llama.cpp, weights
+
+
+@dataclass
+class Plan:
+    retrievers: list[ModelInfo]
+    llms: list[ModelInfo]
+    questions: int
+    chunks: int
+    cached_embeddings: dict[str, int] = field(default_factory=dict)
+    answer_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        return len(self.retrievers) * len(self.llms) * self.questions
+
+    @property
+    def model_loads(self) -> int:
+        return len(self.retrievers) + len(self.llms)  # E + L: each model once
+
+    @property
+    def estimated_s(self) -> float:
+        answers = sum(self.answer_seconds[llm.name] * len(self.retrievers) * self.questions for llm in self.llms)
+        return answers + DEFAULT_LOAD_S * self.model_loads
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "retrievers": [m.as_dict() for m in self.retrievers],
+            "llms": [m.as_dict() for m in self.llms],
+            "questions": self.questions,
+            "chunks": self.chunks,
+            "samples": self.samples,
+            "model_loads": self.model_loads,
+            "estimated_s": round(self.estimated_s, 1),
+        }
+
+
+def make_plan(backend: Backend, store: Store, retriever_names: list[str], llm_names: list[str], questions: int, chunks: int) -> Plan:
+    backend.check()
+    retrievers = [describe_retriever(backend, name) for name in retriever_names]
+    llms = [backend.describe(name, "llm") for name in llm_names]
+    plan = Plan(retrievers, llms, questions, chunks)
+    for retriever in retrievers:
+        plan.cached_embeddings[retriever.name] = 0 if retriever.name == LEXICAL else store.cached_embedding_count(retriever.digest)
+    for llm in llms:
+        plan.answer_seconds[llm.name] = store.mean_answer_seconds(llm.digest) or DEFAULT_ANSWER_S
+    return plan
+
+
+def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
+    table = Table(title="plan: models", title_justify="left")
+    for column in ("model", "kind", "digest", "size", "license", "fits memory", "cache / speed"):
+        table.add_column(column, no_wrap=column != "license")
+    budget = platform.pressure_threshold_bytes
+    for model in plan.retrievers + plan.llms:
+        size = model.size_bytes
+        fits = "-" if size is None else ("yes" if size < budget else f"NO ({size / 1e9:.1f} GB > {budget / 1e9:.1f} GB)")
+        cached = f"{plan.cached_embeddings[model.name]} vectors" if model.name in plan.cached_embeddings else f"~{plan.answer_seconds[model.name]:.1f} s/answer"
+        table.add_row(model.name, model.kind, model.digest[:12], _gb(size), model.license or "-", fits, cached)
+    console.print(table)
+    console.print(
+        f"matrix: {len(plan.retrievers)} retrievers × {len(plan.llms)} LLMs × {plan.questions} questions = {plan.samples} samples; "
+        f"{plan.chunks} chunks; model loads: {plan.model_loads} (E + L); "
+        f"platform: {platform.device} ({platform.device_name}), memory {platform.memory_total_bytes / 1e9:.1f} GB; "
+        f"estimated time: {_duration(plan.estimated_s)} (cached work is skipped)"
+    )
+
+
+def _gb(size: int | None) -> str:
+    return "-" if size is None else f"{size / 1e9:.2f} GB"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

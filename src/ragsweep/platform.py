@@ -1,0 +1,79 @@
+"""What machine this is and the memory budget that follows from it.
+
+Detection avoids importing torch in the parent (seconds of start-up, and a CUDA context the
+parent would then hold): NVML answers for NVIDIA, the OS answers for Apple Silicon.
+"""
+
+from __future__ import annotations
+
+import platform as _platform
+import sys
+from dataclasses import asdict, dataclass
+
+import psutil
+
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    device: str  # cuda | mps | cpu
+    device_name: str
+    memory_total_bytes: int  # GPU memory on cuda; system memory on mps/cpu (unified)
+    embed_batch_size: int  # texts per embedding request
+    judge_concurrency: int  # judge calls in flight (the seed's parallel_metrics)
+    pressure_threshold_bytes: int  # above this before a batch: clean up and halve the batch
+    baseline_target_bytes: int  # device use expected between stages, all models unloaded
+    unload_timeout_s: float  # how long to wait for memory to come back after an unload
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def detect_device() -> tuple[str, str, int]:
+    """(device, name, total memory in bytes)."""
+    cuda = _nvml_device()
+    if cuda:
+        return "cuda", cuda[0], cuda[1]
+    total = psutil.virtual_memory().total
+    if sys.platform == "darwin" and _platform.machine() == "arm64":
+        return "mps", "Apple Silicon (unified memory)", total
+    return "cpu", _platform.processor() or _platform.machine(), total
+
+
+def get_platform_config(**overrides) -> PlatformConfig:
+    """Seed defaults per device (a 12 GB card: clean at 10 GB, baseline < 2 GB); overrides win."""
+    device, name, total = detect_device()
+    if device == "cuda":
+        # The seed's targets for a 12 GB card, scaled to the card actually present.
+        defaults = dict(
+            embed_batch_size=64,
+            judge_concurrency=2,
+            pressure_threshold_bytes=int(total * 10 / 12),
+            baseline_target_bytes=int(min(2 * GB, total / 6)),
+        )
+    else:
+        defaults = dict(
+            embed_batch_size=32,
+            judge_concurrency=4,
+            pressure_threshold_bytes=int(total * 0.85),
+            baseline_target_bytes=int(total * 0.5),  # unified memory: other programs share it
+        )
+    defaults.update(device=device, device_name=name, memory_total_bytes=total, unload_timeout_s=30.0)
+    defaults.update({key: value for key, value in overrides.items() if value is not None})
+    return PlatformConfig(**defaults)
+
+
+def _nvml_device() -> tuple[str, int] | None:
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        name = pynvml.nvmlDeviceGetName(handle)
+        total = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+        return (name.decode() if isinstance(name, bytes) else name), int(total)
+    except pynvml.NVMLError:
+        return None

@@ -1,0 +1,114 @@
+"""Retrieve stage: per embedding model, top-k passages for every question, scored against the reference ids.
+
+Dense models embed chunks and questions (batched, cached by model digest + text hash) and rank by
+exact cosine similarity; `bm25` ranks lexically with bm25s and needs no model. A model whose
+vectors are all cached is not loaded at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends.base import ModelInfo
+from .lifecycle import resident_model
+from .metrics import dedupe, mrr, ndcg_at_k, recall_at_k
+from .progress import bar
+from .run import RunContext
+from .testset import Document, Question
+
+STAGE = "retrieve"
+LEXICAL = "bm25"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str  # the document id when the document fits whole, else "<doc id>#<n>"
+    doc_id: str
+    text: str
+
+
+def chunk_documents(documents: list[Document], size: int, overlap: int) -> list[Chunk]:
+    """Split documents into windows of `size` words sharing `overlap` words; short ones stay whole."""
+    chunks: list[Chunk] = []
+    for document in documents:
+        words = document.text.split()
+        if len(words) <= size:
+            chunks.append(Chunk(document.id, document.id, _with_title(document, document.text)))
+            continue
+        step = size - overlap
+        for n, start in enumerate(range(0, max(len(words) - overlap, 1), step)):
+            chunks.append(Chunk(f"{document.id}#{n}", document.id, _with_title(document, " ".join(words[start : start + size]))))
+    return chunks
+
+
+def _with_title(document: Document, text: str) -> str:
+    return f"{document.title}: {text}" if document.title else text
+
+
+def describe_retriever(ctx_backend, name: str) -> ModelInfo:
+    if name == LEXICAL:
+        from importlib.metadata import version
+
+        return ModelInfo(LEXICAL, "embedding", f"bm25s-{version('bm25s')}", "MIT (bm25s)", None, "bm25s", {"engine": "bm25s"})
+    return ctx_backend.describe(name, "embedding")
+
+
+def retrieve(ctx: RunContext, retriever: ModelInfo, chunks: list[Chunk], questions: list[Question]) -> None:
+    """Rank chunks for every question and store one scored row per question."""
+    k = min(ctx.settings.top_k, len(chunks))
+    ctx.log.event("stage_start", STAGE, retriever.name)
+    if retriever.name == LEXICAL:
+        ranked = _bm25_rank(ctx, chunks, questions, k)
+    else:
+        ranked = _dense_rank(ctx, retriever, chunks, questions, k)
+    for question, chunk_indexes in zip(questions, ranked):
+        hits = [chunks[i] for i in chunk_indexes]
+        docs = dedupe([chunk.doc_id for chunk in hits])
+        relevant = question.reference_context_ids
+        scores = {"recall_at_k": recall_at_k(docs, relevant, k), "mrr": mrr(docs, relevant), "ndcg_at_k": ndcg_at_k(docs, relevant, k)}
+        ctx.store.put_retrieval(ctx.run_id, retriever.name, question.id, [c.id for c in hits], [c.text for c in hits], scores)
+    ctx.log.event("stage_end", STAGE, retriever.name, questions=len(questions))
+
+
+def _bm25_rank(ctx: RunContext, chunks: list[Chunk], questions: list[Question], k: int) -> list[list[int]]:
+    import bm25s
+
+    ctx.log.event("model_load", STAGE, LEXICAL, load_s=0.0, note="in-process lexical index")
+    index = bm25s.BM25()
+    index.index(bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False), show_progress=False)
+    found, _ = index.retrieve(bm25s.tokenize([q.question for q in questions], stopwords="en", show_progress=False), k=k, show_progress=False)
+    ctx.log.event("model_unload", STAGE, LEXICAL)
+    return found.tolist()
+
+
+def _dense_rank(ctx: RunContext, retriever: ModelInfo, chunks: list[Chunk], questions: list[Question], k: int) -> list[list[int]]:
+    chunk_vectors = _embeddings(ctx, retriever, [c.text for c in chunks] + [q.question for q in questions])
+    corpus, queries = chunk_vectors[: len(chunks)], chunk_vectors[len(chunks) :]
+    similarity = queries @ corpus.T  # vectors are L2-normalised: dot product = cosine
+    top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(similarity, top, axis=1).argsort(axis=1)[:, ::-1]
+    return np.take_along_axis(top, order, axis=1).tolist()
+
+
+def _embeddings(ctx: RunContext, retriever: ModelInfo, texts: list[str]) -> np.ndarray:
+    """Vectors for `texts`, from the cache where possible; the model is loaded only for the rest."""
+    hashes = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
+    vectors = ctx.store.cached_embeddings(retriever.digest, hashes)
+    missing = list(dict.fromkeys(h for h in hashes if h not in vectors))
+    if missing:
+        text_of = dict(zip(hashes, texts))
+        batch_size = ctx.settings.embed_batch_size or ctx.platform.embed_batch_size
+        with resident_model(ctx.backend, retriever, STAGE, ctx.log) as resident, bar(f"embed {retriever.name}", len(missing), ctx.quiet) as progress:
+            for start in range(0, len(missing), batch_size):
+                batch = missing[start : start + batch_size]
+                batch_vectors, seconds = resident.model.embed([text_of[h] for h in batch])
+                ctx.model_call_s += seconds
+                ctx.store.put_embeddings(retriever.digest, list(zip(batch, batch_vectors)))
+                vectors.update(zip(batch, batch_vectors))
+                progress.advance(len(batch))
+    else:
+        ctx.log.event("model_skipped", STAGE, retriever.name, reason="all embeddings cached")
+    return np.stack([vectors[h] for h in hashes])

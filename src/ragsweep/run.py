@@ -1,0 +1,39 @@
+"""What every stage of one run shares: where it writes, what it runs on, how it reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+import secrets
+
+from .backends.base import Backend, GenerationOptions
+from .config import Settings
+from .platform import PlatformConfig
+from .runlog import RunLog
+from .store import Store
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    run_dir: Path
+    settings: Settings
+    platform: PlatformConfig
+    backend: Backend
+    store: Store
+    log: RunLog
+    quiet: bool = False
+    model_call_s: float = 0.0  # time spent inside model calls, for the harness-overhead figure
+    failures: int = 0  # samples that got no answer
+    skipped: list[str] = field(default_factory=list)  # what was skipped and why, for the report
+
+    @property
+    def generation_options(self) -> GenerationOptions:
+        s = self.settings
+        return GenerationOptions(max_tokens=s.max_tokens, temperature=s.temperature, seed=s.seed, num_ctx=s.num_ctx)
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique across runs started in the same second."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"

@@ -1,0 +1,44 @@
+"""The run's journal: events and memory snapshots, into the store and (live) into events.jsonl."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from .memory import MemorySnapshot, monitor_gpu_memory
+from .platform import PlatformConfig
+from .store import Store
+
+log = logging.getLogger("ragsweep")
+
+
+class RunLog:
+    def __init__(self, run_id: str, run_dir: Path, store: Store, platform: PlatformConfig):
+        self.run_id = run_id
+        self.run_dir = run_dir
+        self.store = store
+        self.platform = platform
+        self._seq = 0
+        self._events_file = (run_dir / "events.jsonl").open("a", encoding="utf-8")
+        self.peak_in_use_bytes: dict[str, int] = {}  # stage -> highest in-use figure seen
+
+    def event(self, event: str, stage: str | None = None, model: str | None = None, **data: Any) -> None:
+        record = {"event": event, "stage": stage, "model": model, "t": round(time.time(), 3), **data}
+        self._seq += 1
+        self.store.add_event(self.run_id, self._seq, record)
+        self._events_file.write(json.dumps(record) + "\n")
+        self._events_file.flush()  # tail -f friendly; survives a crash
+        log.info("%s %s %s %s", event, stage or "", model or "", {k: v for k, v in data.items() if k != "memory"} or "")
+
+    def snapshot(self, stage: str, label: str, backend, model: str | None = None) -> MemorySnapshot:
+        snapshot = monitor_gpu_memory(stage, label, backend, self.platform, model)
+        self._seq += 1
+        self.store.add_snapshot(self.run_id, self._seq, snapshot.row())
+        self.peak_in_use_bytes[stage] = max(self.peak_in_use_bytes.get(stage, 0), snapshot.in_use_bytes)
+        return snapshot
+
+    def close(self) -> None:
+        self._events_file.close()

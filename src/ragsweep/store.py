@@ -1,0 +1,191 @@
+"""One SQLite file (WAL) holds runs, their per-sample rows, the caches, events and the memory ledger.
+
+Every finished unit of work is committed as it completes, so a crash loses at most the unit in
+flight. Caches are keyed by content (model digest + exact inputs), one key space per stage: a
+re-pulled model gets a new digest and only its own work is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# Numbered migrations: MIGRATIONS[n] takes a database from version n to n + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY, started_at REAL, finished_at REAL, status TEXT,
+        exit_code INTEGER, config_json TEXT, plan_json TEXT
+    );
+    CREATE TABLE questions (
+        run_id TEXT, question_id TEXT, position INTEGER, question TEXT, reference TEXT,
+        reference_context_ids TEXT, PRIMARY KEY (run_id, question_id)
+    );
+    CREATE TABLE embedding_cache (
+        model_digest TEXT, text_hash TEXT, vector BLOB, PRIMARY KEY (model_digest, text_hash)
+    );
+    CREATE TABLE answer_cache (
+        key TEXT PRIMARY KEY, llm_digest TEXT, text TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
+        seconds REAL, created_at REAL
+    );
+    CREATE TABLE retrievals (
+        run_id TEXT, embedding_model TEXT, question_id TEXT, retrieved_ids TEXT, contexts TEXT,
+        recall_at_k REAL, mrr REAL, ndcg_at_k REAL,
+        PRIMARY KEY (run_id, embedding_model, question_id)
+    );
+    CREATE TABLE answers (
+        run_id TEXT, embedding_model TEXT, llm TEXT, question_id TEXT, answer TEXT,
+        prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, tokens_per_s REAL,
+        exact_match REAL, token_f1 REAL, cached INTEGER, error TEXT, cause TEXT,
+        PRIMARY KEY (run_id, embedding_model, llm, question_id)
+    );
+    CREATE TABLE events (run_id TEXT, seq INTEGER, t REAL, event TEXT, stage TEXT, model TEXT, data TEXT);
+    CREATE TABLE memory (run_id TEXT, seq INTEGER, t REAL, stage TEXT, label TEXT, model TEXT, data TEXT);
+    """,
+]
+
+ANSWER_COLUMNS = ["answer", "prompt_tokens", "completion_tokens", "latency_s", "tokens_per_s", "exact_match", "token_f1", "cached", "error", "cause"]
+
+
+class Store:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
+        migrate(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # runs -------------------------------------------------------------------------------
+    def start_run(self, run_id: str, config: dict[str, Any], plan: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO runs (run_id, started_at, status, config_json, plan_json) VALUES (?, ?, 'running', ?, ?)",
+            (run_id, time.time(), json.dumps(config), json.dumps(plan)),
+        )
+
+    def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
+        self.db.execute("UPDATE runs SET finished_at = ?, status = ?, exit_code = ? WHERE run_id = ?", (time.time(), status, exit_code, run_id))
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return dict(row) if row else None
+
+    def add_questions(self, run_id: str, questions: Iterable[Any]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO questions VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, q.id, i, q.question, q.reference, json.dumps(q.reference_context_ids)) for i, q in enumerate(questions)],
+            )
+
+    # caches ------------------------------------------------------------------------------
+    def cached_embeddings(self, digest: str, text_hashes: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(text_hashes), 500):  # stay under SQLite's variable limit
+            chunk = text_hashes[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(f"SELECT text_hash, vector FROM embedding_cache WHERE model_digest = ? AND text_hash IN ({marks})", (digest, *chunk))
+            found.update((row["text_hash"], np.frombuffer(row["vector"], dtype=np.float32)) for row in rows)
+        return found
+
+    def put_embeddings(self, digest: str, items: list[tuple[str, np.ndarray]]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO embedding_cache VALUES (?, ?, ?)",
+                [(digest, text_hash, np.asarray(vector, dtype=np.float32).tobytes()) for text_hash, vector in items],
+            )
+
+    def cached_answer(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT text, prompt_tokens, completion_tokens, seconds FROM answer_cache WHERE key = ?", (key,)).fetchone()
+        return dict(row) if row else None
+
+    def put_answer_cache(self, key: str, llm_digest: str, text: str, prompt_tokens: int | None, completion_tokens: int | None, seconds: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO answer_cache VALUES (?, ?, ?, ?, ?, ?, ?)", (key, llm_digest, text, prompt_tokens, completion_tokens, seconds, time.time()))
+
+    def mean_answer_seconds(self, llm_digest: str) -> float | None:
+        """How long this model's answers took on this machine before (for the plan's estimate)."""
+        row = self.db.execute("SELECT AVG(seconds) FROM answer_cache WHERE llm_digest = ?", (llm_digest,)).fetchone()
+        return row[0]
+
+    def cached_embedding_count(self, digest: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM embedding_cache WHERE model_digest = ?", (digest,)).fetchone()[0]
+
+    # per-run rows -------------------------------------------------------------------------
+    def put_retrieval(self, run_id: str, embedding_model: str, question_id: str, retrieved_ids: list[str], contexts: list[str], scores: dict[str, float]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO retrievals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, embedding_model, question_id, json.dumps(retrieved_ids), json.dumps(contexts), scores["recall_at_k"], scores["mrr"], scores["ndcg_at_k"]),
+        )
+
+    def retrievals(self, run_id: str, embedding_model: str) -> dict[str, dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM retrievals WHERE run_id = ? AND embedding_model = ?", (run_id, embedding_model))
+        return {row["question_id"]: {**dict(row), "contexts": json.loads(row["contexts"]), "retrieved_ids": json.loads(row["retrieved_ids"])} for row in rows}
+
+    def put_answer(self, run_id: str, embedding_model: str, llm: str, question_id: str, values: dict[str, Any]) -> None:
+        marks = ",".join("?" * (4 + len(ANSWER_COLUMNS)))
+        self.db.execute(
+            f"INSERT OR REPLACE INTO answers (run_id, embedding_model, llm, question_id, {', '.join(ANSWER_COLUMNS)}) VALUES ({marks})",
+            (run_id, embedding_model, llm, question_id, *(values.get(column) for column in ANSWER_COLUMNS)),
+        )
+
+    # log ----------------------------------------------------------------------------------
+    def add_event(self, run_id: str, seq: int, event: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, seq, event["t"], event["event"], event.get("stage"), event.get("model"), json.dumps(event)),
+        )
+
+    def add_snapshot(self, run_id: str, seq: int, row: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO memory VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, seq, row["t"], row["stage"], row["label"], row.get("model"), json.dumps(row)),
+        )
+
+    # reads for the report ----------------------------------------------------------------
+    def samples(self, run_id: str) -> list[dict[str, Any]]:
+        """One row per (embedding model, LLM, question): the join the exports are made of."""
+        rows = self.db.execute(
+            """
+            SELECT a.embedding_model, a.llm, a.question_id, q.question, q.reference, r.retrieved_ids,
+                   r.recall_at_k, r.mrr, r.ndcg_at_k, a.*
+            FROM answers a
+            JOIN questions q ON q.run_id = a.run_id AND q.question_id = a.question_id
+            LEFT JOIN retrievals r ON r.run_id = a.run_id AND r.embedding_model = a.embedding_model AND r.question_id = a.question_id
+            WHERE a.run_id = ? ORDER BY a.embedding_model, a.llm, q.position
+            """,
+            (run_id,),
+        )
+        return [dict(row) for row in rows]
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        return [json.loads(row["data"]) for row in self.db.execute("SELECT data FROM events WHERE run_id = ? ORDER BY seq", (run_id,))]
+
+    def snapshots(self, run_id: str) -> list[dict[str, Any]]:
+        return [json.loads(row["data"]) for row in self.db.execute("SELECT data FROM memory WHERE run_id = ? ORDER BY seq", (run_id,))]
+
+
+def migrate(db: sqlite3.Connection) -> int:
+    """Bring the database to SCHEMA_VERSION; returns the version it started at."""
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    start = int(row[0]) if row else 0
+    if start > SCHEMA_VERSION:
+        from .errors import ConfigError
+
+        raise ConfigError(f"results database {db.execute('PRAGMA database_list').fetchone()[2]} has schema version {start}, newer than this ragsweep ({SCHEMA_VERSION}) — upgrade ragsweep or use another --results-dir")
+    for version in range(start, SCHEMA_VERSION):
+        db.executescript(f"BEGIN; {MIGRATIONS[version]}; INSERT OR REPLACE INTO meta VALUES ('schema_version', '{version + 1}'); COMMIT;")
+    return start

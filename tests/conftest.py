@@ -1,0 +1,37 @@
+"""Shared fixtures. Offline switches are set before anything imports the model libraries."""
+
+import json
+import os
+
+os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_corpus(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "corpus.jsonl", [
+        {"id": "d1", "title": "Cats", "text": "Cats sleep most of the day and hunt mice at night."},
+        {"id": "d2", "title": "Paris", "text": "Paris is the capital of France, on the river Seine."},
+        {"id": "d3", "title": "Rust", "text": "Rust is a systems programming language focused on safety."},
+    ])  # fmt: skip
+
+
+@pytest.fixture
+def tiny_testset(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "testset.jsonl", [
+        {"id": "q1", "question": "What is the capital of France?", "reference": "Paris", "reference_context_ids": ["d2"]},
+        {"id": "q2", "question": "What do cats hunt at night?", "reference": "mice", "reference_context_ids": ["d1"]},
+    ])  # fmt: skip

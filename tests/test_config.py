@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from ragsweep.config import DEFAULT_CONFIG, load_settings
+from ragsweep.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_config_resolves_paths_relative_to_the_file():
+    settings = load_settings(None, {}, environ={})
+    assert settings.corpus == (DEFAULT_CONFIG.parent / "../data/demo/corpus.jsonl").resolve()
+    assert settings.llms == ["smollm2-135m", "gemma3-270m"] and settings.limit == 20
+
+
+def test_precedence_cli_over_file_over_env(tmp_path):
+    config = write(tmp_path, f"top_k: 5\nlimit: 7\ncorpus: {DEFAULT_CONFIG.parent / '../data/demo/corpus.jsonl'}\ntestset: {DEFAULT_CONFIG.parent / '../data/demo/testset.jsonl'}\n")
+    env = {"RAGSWEEP_LLMS": "a,b", "RAGSWEEP_JUDGE": "none"}
+    settings = load_settings(config, {"top_k": 2, "limit": None}, environ=env)
+    assert settings.top_k == 2  # CLI wins over file
+    assert settings.limit == 7  # file wins when the CLI flag is absent
+    assert settings.llms == ["a", "b"]  # env fills what file and CLI leave out
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    config = write(tmp_path, "top_k: 3\ntop_kk: 4\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, {}, environ={})
+    assert f"{config}:2: field 'top_kk': unknown setting 'top_kk'" in str(caught.value)
+
+
+def test_bad_value_names_its_origin(tmp_path):
+    config = write(tmp_path, "top_k: 0\n")
+    with pytest.raises(ConfigError, match=r"run.yaml:1: field 'top_k': Input should be greater than or equal to 1"):
+        load_settings(config, {}, environ={})
+    with pytest.raises(ConfigError, match=r"--top-k: Input should be greater than or equal to 1"):
+        load_settings(None, {"top_k": -1}, environ={})
+    with pytest.raises(ConfigError, match=r"environment variable RAGSWEEP_BACKEND: Input should be 'local' or 'ollama'"):
+        load_settings(write(tmp_path, ""), {}, environ={"RAGSWEEP_BACKEND": "vllm"})
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.yaml", {}, environ={})
+    with pytest.raises(ConfigError, match=r"--testset: testset file not found: .*missing.jsonl"):
+        load_settings(None, {"testset": str(tmp_path / "missing.jsonl")}, environ={})
+
+
+def test_invalid_yaml_and_overlap(tmp_path):
+    with pytest.raises(ConfigError, match=r"run.yaml:2: invalid YAML"):
+        load_settings(write(tmp_path, "top_k: 3\n  bad: [\n"), {}, environ={})
+    with pytest.raises(ConfigError, match="chunk_overlap \\(100\\) must be smaller than chunk_size \\(50\\)"):
+        load_settings(None, {"chunk_size": 50, "chunk_overlap": 100}, environ={})

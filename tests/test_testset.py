@@ -1,0 +1,79 @@
+import csv
+import json
+
+import pytest
+
+from conftest import write_jsonl
+from ragsweep.errors import InputError
+from ragsweep.testset import load_corpus, load_questions
+
+
+def test_loads_demo_data():
+    from conftest import DEMO
+
+    docs = load_corpus(DEMO / "corpus.jsonl")
+    questions = load_questions(DEMO / "testset.jsonl", {d.id for d in docs}, limit=5)
+    assert len(docs) == 319 and len(questions) == 5
+    assert questions[0].reference_context_ids[0] in {d.id for d in docs}
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"id": "q9", "question": "Q?", "reference": "A"}', ":3: missing field 'reference_context_ids'"),
+        ('{"id": "q9", "question": "Q?", "reference": "A", "reference_context_ids": ["nope"]}', ":3: field 'reference_context_ids' names 'nope', which is not in the corpus"),
+        ('{"id": "q1", "question": "Q?", "reference": "A", "reference_context_ids": ["d1"]}', ":3: duplicate question id 'q1'"),
+        ('{"id": "q9", "question": "Q?", "reference": 5, "reference_context_ids": ["d1"]}', ":3: field 'reference' must be str, got int"),
+        ('{"id": "q9", "question": "  ", "reference": "A", "reference_context_ids": ["d1"]}', ":3: field 'question' is empty"),
+        ('{"id": "q9", "question": "Q?", "reference": "A", "reference_context_ids": "d1"}', ":3: field 'reference_context_ids' must be list, got str"),
+        ('{"id": "q9", broken', ":3: invalid JSON"),
+        ('["not", "an", "object"]', ":3: expected a JSON object, got list"),
+    ],
+)
+def test_bad_question_line_names_file_line_and_field(tmp_path, tiny_corpus, tiny_testset, line, message):
+    path = tiny_testset
+    path.write_text(path.read_text() + line + "\n")
+    ids = {d.id for d in load_corpus(tiny_corpus)}
+    with pytest.raises(InputError) as caught:
+        load_questions(path, ids)
+    assert str(caught.value).startswith(str(path))
+    assert message in str(caught.value)
+
+
+def test_duplicate_corpus_id(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "title": "", "text": "x"}, {"id": "a", "title": "", "text": "y"}])
+    with pytest.raises(InputError, match=r"c.jsonl:2: duplicate corpus id 'a'"):
+        load_corpus(path)
+
+
+def test_empty_and_unsupported_files(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(InputError, match="the corpus is empty"):
+        load_corpus(tmp_path / "empty.jsonl")
+    (tmp_path / "c.txt").write_text("x")
+    with pytest.raises(InputError, match="unsupported format '.txt'"):
+        load_corpus(tmp_path / "c.txt")
+
+
+def test_limit_applies_after_validating_every_line(tiny_corpus, tiny_testset):
+    tiny_testset.write_text(tiny_testset.read_text() + '{"id": "q3"}\n')
+    with pytest.raises(InputError, match=":3: missing field"):
+        load_questions(tiny_testset, {"d1", "d2", "d3"}, limit=1)
+
+
+def test_csv_and_parquet_through_datasets(tmp_path, tiny_corpus):
+    rows = [{"id": "q1", "question": "Capital of France?", "reference": "Paris", "reference_context_ids": '["d2"]'}]
+    with (tmp_path / "t.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    questions = load_questions(tmp_path / "t.csv", {"d1", "d2", "d3"})
+    assert questions[0].reference_context_ids == ("d2",)
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": ["q1", "q2"], "question": ["A?", "B?"], "reference": ["a", "b"], "reference_context_ids": [["d1"], ["zz"]]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    with pytest.raises(InputError, match=r"t.parquet: row 2: field 'reference_context_ids' names 'zz'"):
+        load_questions(tmp_path / "t.parquet", {"d1", "d2", "d3"})
