@@ -41,6 +41,7 @@ CUDA_CONTEXT = int(0.4 * GB)  # per runner process, as NVML sees it
 MINIMUM_MEMORY = 457 * MIB  # Ollama's per-GPU reserve in fit checks (CUDA)
 FOREVER = float("inf")
 DEFAULT_KEEP_ALIVE = 300.0
+WAIT = "<wait>"
 OOM_MESSAGE = "llama runner process has terminated: cudaMalloc failed: out of memory"
 
 
@@ -124,6 +125,7 @@ class EmulatorState:
     loads: Counter = field(default_factory=Counter)
     requests: Counter = field(default_factory=Counter)  # (path, model) -> count
     evictions: int = 0
+    awaiting_recovery: bool = False
     oom_errors: int = 0
     peak_device_used: int = 0
     faults: list[Fault] = field(default_factory=list)
@@ -210,17 +212,22 @@ class OllamaEmulator:
                     victim = self._victim_for(card, num_ctx)
                     if victim is None:
                         return self._load(card, num_ctx, keep_alive)
-                    self._expire(victim)
-                    self.state.evictions += 1
+                    if victim != WAIT:
+                        self._expire(victim)
+                        self.state.evictions += 1
+                        self.state.awaiting_recovery = True
             time.sleep(0.01)  # wait for the expired runner to leave (and its VRAM to return)
 
     def _victim_for(self, card: ModelCard, num_ctx: int) -> str | None:
         """None when the model may load now; else the idle runner to evict first."""
-        others = {n: r for n, r in self.state.runners.items()}
+        others = dict(self.state.runners)
         if any(r.stopping_since is not None for r in others.values()):
-            return next(n for n, r in others.items() if r.stopping_since is not None)  # wait for it
-        if any(t > time.monotonic() for t, _ in self.state.freeing) and not others:
-            return None  # lone load: Ollama does not wait for lagging VRAM when nothing is loaded
+            return WAIT  # an expired runner is still leaving
+        lagging = any(t > time.monotonic() for t, _ in self.state.freeing)
+        if lagging and self.state.awaiting_recovery:
+            return WAIT  # after its own eviction the scheduler waits for VRAM to recover
+        self.state.awaiting_recovery = False
+        # Otherwise it does not wait: free = min(driver free, total - loaded), and the driver lags.
         free = self.state.total_vram - MINIMUM_MEMORY - self.device_used()
         if not others or (card.estimate(num_ctx) <= free and len(others) < self.state.max_loaded):
             return None

@@ -160,18 +160,23 @@ def _add_nvml(snapshot: MemorySnapshot, runner_pids: list[int]) -> None:
         used = process.usedGpuMemory or 0  # None under WDDM: unknown, counted as 0 in the split
         if process.pid == os.getpid():
             this += used
-        elif process.pid in runner_pids or _process_name(process.pid) in RUNNER_NAMES:
+        elif process.pid in runner_pids or _process_name(pynvml, process.pid) in RUNNER_NAMES:
             runner += used
         else:
             other += used
     snapshot.gpu_runner_bytes, snapshot.gpu_this_process_bytes, snapshot.gpu_other_bytes = runner, this, other
 
 
-def _process_name(pid: int) -> str:
+def _process_name(pynvml, pid: int) -> str:
+    """NVML's own name first: in containers NVML reports host PIDs that psutil cannot see."""
     try:
-        return psutil.Process(pid).name()
-    except psutil.Error:
-        return ""
+        name = pynvml.nvmlSystemGetProcessName(pid)
+        return os.path.basename(name.decode() if isinstance(name, bytes) else name)
+    except Exception:
+        try:
+            return psutil.Process(pid).name()
+        except psutil.Error:
+            return ""
 
 
 def _add_torch(snapshot: MemorySnapshot) -> None:

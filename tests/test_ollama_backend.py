@@ -1,0 +1,160 @@
+"""The ollama backend against the protocol-faithful emulator (a real HTTP server) and a fake GPU."""
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import REPO
+from ollama_emulator import OllamaEmulator
+from ragsweep.backends.ollama import OllamaBackend, classify, normalize_host
+from ragsweep.errors import BackendUnavailableError, ConfigError, ModelNotFoundError
+
+LLMS = ["llama3.2:3b", "qwen2.5:7b", "mistral:7b"]
+EMBEDDINGS = ["all-minilm", "nomic-embed-text", "bge-m3"]
+GB = 10**9
+
+
+@pytest.fixture
+def emulator():
+    with OllamaEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def fake_gpu(emulator, monkeypatch):
+    """This process's NVML reads the emulated card (the subprocess tests use PYTHONPATH instead)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pynvml", REPO / "tests" / "fake_gpu" / "pynvml.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    monkeypatch.setenv("RAGSWEEP_TEST_GPU_URL", emulator.url)
+    return emulator
+
+
+def run_against(emu: OllamaEmulator, *args: str, results: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emu.url)
+    command = [sys.executable, str(REPO / "src" / "benchmark.py"), "--backend", "ollama", "--ollama-host", emu.url, "--results-dir", str(results), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_three_by_three_matrix_loads_each_model_once_and_stays_in_budget(emulator, tmp_path):
+    result = run_against(emulator, "--llms", ",".join(LLMS), "--embeddings", ",".join(EMBEDDINGS), "--limit", "20", "--quiet", results=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "180/180 samples answered" in result.stdout
+    assert dict(emulator.state.loads) == {name if ":" in name else f"{name}:latest": 1 for name in LLMS + EMBEDDINGS}
+    assert emulator.state.oom_errors == 0 and emulator.state.evictions == 0
+    assert emulator.state.peak_device_used <= 10 * GB  # of a 12 GB card
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    ledger = list(csv.DictReader((run_dir / "memory.csv").open()))
+    after_unloads = [row for row in ledger if row["label"] == "after_unload"]
+    assert len(after_unloads) == 6
+    assert all(row["platform"] == "cuda" and int(row["device_used_bytes"]) < 2 * GB and row["backend_models"] == "" for row in after_unloads)
+    loaded = [row for row in ledger if row["label"] == "loaded"]
+    assert all(int(row["gpu_runner_bytes"]) > 0 and row["backend_models"] for row in loaded)  # attributed to the runner
+    samples = list(csv.DictReader((run_dir / "samples.csv").open()))
+    assert len(samples) == 180 and all(s["answer"] and not s["error"] for s in samples)
+
+
+def seed_way(emu: OllamaEmulator) -> list[str]:
+    """The seed's loop: E x L, default keep_alive, default options, never an unload."""
+    errors = []
+    with httpx.Client(base_url=emu.url, timeout=60) as client:
+        for embedding in EMBEDDINGS:
+            for llm in LLMS:
+                for reply in (client.post("/api/embed", json={"model": embedding, "input": ["a question"]}),
+                              client.post("/api/chat", json={"model": llm, "messages": [{"role": "user", "content": "hi"}], "stream": False})):  # fmt: skip
+                    if reply.status_code != 200:
+                        errors.append(reply.json()["error"])
+    return errors
+
+
+def test_the_seeds_way_runs_out_of_memory_where_ragsweep_does_not(emulator, tmp_path):
+    errors = seed_way(emulator)
+    assert errors and all("out of memory" in e for e in errors)
+    assert emulator.state.peak_device_used > 10 * GB  # models piled up
+    assert sum(emulator.state.loads.values()) > len(LLMS) + len(EMBEDDINGS)  # reloads on top
+    with OllamaEmulator() as fresh:
+        result = run_against(fresh, "--llms", ",".join(LLMS), "--embeddings", ",".join(EMBEDDINGS), "--limit", "3", "--quiet", results=tmp_path)
+        assert result.returncode == 0 and fresh.state.oom_errors == 0 and sum(fresh.state.loads.values()) == 6
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_server_down_is_one_line_exit_3(tmp_path):
+    host = f"http://127.0.0.1:{closed_port()}"
+    command = [sys.executable, str(REPO / "src" / "benchmark.py"), "--backend", "ollama", "--ollama-host", host, "--llms", "x", "--embeddings", "y", "--results-dir", str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1 and f"Ollama is not reachable at {host}" in result.stderr and "ollama serve" in result.stderr
+
+
+def test_missing_model_names_close_matches_and_the_pull(emulator):
+    backend = OllamaBackend(emulator.url)
+    backend.check()
+    with pytest.raises(ModelNotFoundError) as caught:
+        backend.describe("llama3.2:1b", "llm")
+    assert str(caught.value) == f"model 'llama3.2:1b' not found at {emulator.url} (close: llama3.2:3b) — run: ollama pull llama3.2:1b"
+
+
+def test_wrong_model_kind_is_refused(emulator):
+    backend = OllamaBackend(emulator.url)
+    with pytest.raises(ConfigError, match="--llms: 'bge-m3' is an embedding model — move it to --embeddings"):
+        backend.describe("bge-m3", "llm")
+    with pytest.raises(ConfigError, match=r"--embeddings: 'qwen2.5:7b' is not an embedding model \(capabilities: completion, tools\)"):
+        backend.describe("qwen2.5:7b", "embedding")
+
+
+def test_plan_errors_through_the_cli_exit_2(emulator, tmp_path):
+    result = run_against(emulator, "--llms", "qwen2.5:7b", "--embeddings", "qwen2.5:7b", "--dry-run", results=tmp_path)
+    assert result.returncode == 2 and "is not an embedding model" in result.stderr and result.stderr.count("\n") == 1
+    result = run_against(emulator, "--llms", "mistral:7", "--embeddings", "bge-m3", "--dry-run", results=tmp_path)
+    assert result.returncode == 2 and "ollama pull mistral:7" in result.stderr
+
+
+def test_describe_records_digest_and_size(emulator):
+    info = OllamaBackend(emulator.url).describe("bge-m3", "embedding")
+    assert len(info.digest) == 64 and info.size_bytes == int(1.2 * GB) and info.details["family"] == "bert"
+
+
+def test_load_sends_keep_alive_and_unload_is_verified_by_polling(emulator, fake_gpu):
+    from ragsweep.backends.base import GenerationOptions
+    from ragsweep.memory import ensure_clean_gpu_state
+    from ragsweep.platform import PlatformConfig
+
+    backend = OllamaBackend(emulator.url)
+    info = backend.describe("qwen2.5:7b", "llm")
+    model = backend.load(info, GenerationOptions(32, 0.0, 0, 4096))
+    assert [i.name for i in backend.loaded()] == ["qwen2.5:7b"]
+    model.close()
+    assert [i.name for i in backend.loaded()] == ["qwen2.5:7b"]  # unload is asynchronous: it lingers
+    platform = PlatformConfig("cuda", "emulated", 12 * GB, 64, 2, 10 * GB, 2 * GB, unload_timeout_s=10)
+    ensure_clean_gpu_state(backend, platform)
+    assert backend.loaded() == [] and emulator.device_used() == 0
+
+
+def test_error_classification_follows_ollama_wordings():
+    assert classify(500, "llama runner process has terminated: cudaMalloc failed: out of memory") == "out_of_memory"
+    assert classify(500, "memory layout cannot be allocated") == "out_of_memory"
+    assert classify(500, "model runner has unexpectedly stopped, this may be due to resource limitations") == "runner_crash"
+    assert classify(503, "server busy, please try again.  maximum pending requests exceeded") == "busy"
+    assert classify(400, '"x" does not support chat') == "error"
+
+
+def test_host_normalisation():
+    assert normalize_host("0.0.0.0:11434") == "http://127.0.0.1:11434"
+    assert normalize_host("gpu-box") == "http://gpu-box:11434"
+    assert normalize_host("https://ollama.example/") == "https://ollama.example:11434"
+    assert normalize_host("http://localhost:11434") == "http://localhost:11434"
