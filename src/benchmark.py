@@ -86,7 +86,7 @@ def run(settings: Settings, args: argparse.Namespace, out: Console) -> int:
     chunks = chunk_documents(documents, settings.chunk_size, settings.chunk_overlap)
     if settings.judge != "none":
         raise errors.ConfigError(f"--judge {settings.judge}: LLM judging (RAGAS) is not available in this version — use --judge none")
-    platform = get_platform_config(embed_batch_size=settings.embed_batch_size)
+    platform = get_platform_config(**settings.platform_overrides())
     backend = get_backend(settings.backend, platform.device, settings.ollama_host)
     store = Store(settings.results_dir / "ragsweep.sqlite")
     plan = make_plan(backend, store, settings.embeddings, settings.llms, len(questions), len(chunks))
@@ -101,7 +101,7 @@ def run(settings: Settings, args: argparse.Namespace, out: Console) -> int:
         _log_to(run_dir / "run.log")
         backend.log_path = run_dir / "models.log"
         ctx = RunContext(run_id, run_dir, settings, platform, backend, store, RunLog(run_id, run_dir, store, platform), quiet=args.quiet)
-        store.start_run(run_id, settings.public_dict(), plan.as_dict())
+        store.start_run(run_id, settings.public_dict(), plan.as_dict(), platform.as_dict())
         store.add_questions(run_id, questions)
         timings: dict[str, float] = {}
         _handle_sigterm()
@@ -111,11 +111,11 @@ def run(settings: Settings, args: argparse.Namespace, out: Console) -> int:
         except (KeyboardInterrupt, Interrupted) as stop:
             exit_code = getattr(stop, "exit_code", errors.EXIT_SIGINT)
             status = "interrupted"
-            ctx.skipped.append("run interrupted: the remaining work was not done")
+            ctx.note("run interrupted: the remaining work was not done")
         finally:
             for info in backend.loaded():  # never leave a model resident behind us
                 backend.unload(info.name)
-        summary = write_exports(store, run_id, run_dir, ctx.skipped)
+        summary = write_exports(store, run_id, run_dir)
         _write_run_json(ctx, plan, timings, status, exit_code)
         store.finish_run(run_id, status, exit_code)
         ctx.log.close()
@@ -133,7 +133,7 @@ def _sweep(ctx: RunContext, plan: Plan, chunks, questions, timings: dict[str, fl
             retrieve(ctx, retriever, chunks, questions)
             usable.append(retriever.name)
         except ModelCallError as error:
-            ctx.skipped.append(f"{retriever.name}: retrieval failed, its samples were skipped — {error}")
+            ctx.note(f"{retriever.name}: retrieval failed, its samples were skipped — {error}")
             ctx.log.event("model_failed", "retrieve", retriever.name, cause=error.cause, message=str(error))
     timings["retrieve_s"] = time.perf_counter() - start
 
@@ -141,11 +141,14 @@ def _sweep(ctx: RunContext, plan: Plan, chunks, questions, timings: dict[str, fl
         generate(ctx, llm, usable, questions)
     timings["generate_s"] = time.perf_counter() - start - timings["retrieve_s"]
 
-    ctx.skipped.append("LLM-judged metrics (RAGAS) skipped: --judge none")
+    ctx.note("LLM-judged metrics (RAGAS) skipped: --judge none")
     timings["wall_s"] = time.perf_counter() - start
     timings["model_call_s"] = ctx.model_call_s
     failed_retrievers = len(plan.retrievers) - len(usable)
-    return errors.EXIT_FAILURES if ctx.failures or failed_retrievers else errors.EXIT_OK
+    unverified = [e for e in ctx.store.events(ctx.run_id) if e["event"] == "memory_not_released"]
+    for event in unverified:
+        ctx.note(f"{event['model'] or 'clean-up'}: {event['message']}", event["stage"])
+    return errors.EXIT_FAILURES if ctx.failures or failed_retrievers or unverified else errors.EXIT_OK
 
 
 def _handle_sigterm() -> None:
@@ -185,7 +188,7 @@ def _print_outcome(ctx: RunContext, summary, timings, status: str, exit_code: in
     line = f"ragsweep {ctx.run_id}: {status}; {answered}/{samples} samples answered in {timings.get('wall_s', 0):.0f} s; results in {ctx.run_dir}"
     if not quiet:
         print_summary(summary, out)
-        for note in ctx.skipped:
+        for note in ctx.notes:
             out.print(f"note: {note}")
     if exit_code in (errors.EXIT_SIGINT, errors.EXIT_SIGTERM):
         line += " — run the same command again to resume (finished work is reused)"

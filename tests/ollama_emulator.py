@@ -323,6 +323,7 @@ def _answer(messages_or_prompt: str) -> str:
 def _handler_for(emulator: OllamaEmulator):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: avoid the 40 ms delayed-ACK stall
 
         def log_message(self, *args):  # quiet
             pass
@@ -480,3 +481,23 @@ def _handler_for(emulator: OllamaEmulator):
                 emulator.release(runner)
 
     return Handler
+
+
+# The matrix of the issue's acceptance test, and the seed's way of driving Ollama through it.
+LLMS = ["llama3.2:3b", "qwen2.5:7b", "mistral:7b"]
+EMBEDDINGS = ["all-minilm", "nomic-embed-text", "bge-m3"]
+
+
+def seed_way(emu: OllamaEmulator) -> list[str]:
+    """The seed's loop: E x L, default keep_alive, default options, never an unload. Returns the errors."""
+    import httpx
+
+    errors = []
+    with httpx.Client(base_url=emu.url, timeout=60) as client:
+        for embedding in EMBEDDINGS:
+            for llm in LLMS:
+                for reply in (client.post("/api/embed", json={"model": embedding, "input": ["a question"]}),
+                              client.post("/api/chat", json={"model": llm, "messages": [{"role": "user", "content": "hi"}], "stream": False})):  # fmt: skip
+                    if reply.status_code != 200:
+                        errors.append(reply.json()["error"])
+    return errors

@@ -12,12 +12,10 @@ import httpx
 import pytest
 
 from conftest import REPO
-from ollama_emulator import OllamaEmulator
+from ollama_emulator import EMBEDDINGS, LLMS, OllamaEmulator, seed_way
 from ragsweep.backends.ollama import OllamaBackend, classify, normalize_host
 from ragsweep.errors import BackendUnavailableError, ConfigError, ModelNotFoundError
 
-LLMS = ["llama3.2:3b", "qwen2.5:7b", "mistral:7b"]
-EMBEDDINGS = ["all-minilm", "nomic-embed-text", "bge-m3"]
 GB = 10**9
 
 
@@ -62,19 +60,24 @@ def test_three_by_three_matrix_loads_each_model_once_and_stays_in_budget(emulato
     assert all(int(row["gpu_runner_bytes"]) > 0 and row["backend_models"] for row in loaded)  # attributed to the runner
     samples = list(csv.DictReader((run_dir / "samples.csv").open()))
     assert len(samples) == 180 and all(s["answer"] and not s["error"] for s in samples)
+    report = (run_dir / "report.md").read_text()
+    for target in ("- [x] no out-of-memory error", "- [x] peak < 10.74 GB (peak 6.00 GB)", "- [x] baseline < 2.15 GB after every unload", "- [x] every combination completed"):
+        assert target in report
+    assert "Measured as device memory (NVML)" in report and "### Model loads (6)" in report
 
 
-def seed_way(emu: OllamaEmulator) -> list[str]:
-    """The seed's loop: E x L, default keep_alive, default options, never an unload."""
-    errors = []
-    with httpx.Client(base_url=emu.url, timeout=60) as client:
-        for embedding in EMBEDDINGS:
-            for llm in LLMS:
-                for reply in (client.post("/api/embed", json={"model": embedding, "input": ["a question"]}),
-                              client.post("/api/chat", json={"model": llm, "messages": [{"role": "user", "content": "hi"}], "stream": False})):  # fmt: skip
-                    if reply.status_code != 200:
-                        errors.append(reply.json()["error"])
-    return errors
+def test_a_model_that_never_fits_is_skipped_with_its_reason_and_the_rest_completes(tmp_path):
+    with OllamaEmulator(total_vram=5 * 1024**3) as small_card:  # a 5 GB card: 7B models never fit
+        result = run_against(small_card, "--llms", "llama3.2:3b,qwen2.5:7b", "--embeddings", "nomic-embed-text", "--limit", "4", "--quiet", results=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "4/8 samples answered" in result.stdout
+    run_dir = next(p for p in tmp_path.iterdir() if p.is_dir())
+    samples = list(csv.DictReader((run_dir / "samples.csv").open()))
+    assert {s["llm"] for s in samples if not s["error"]} == {"llama3.2:3b"}
+    failed = [s for s in samples if s["error"]]
+    assert len(failed) == 4 and {s["cause"] for s in failed} == {"out_of_memory"} and "cudaMalloc failed: out of memory" in failed[0]["error"]
+    report = (run_dir / "report.md").read_text()
+    assert "- [ ] no out-of-memory error" in report and "qwen2.5:7b: 4 answers failed" in report
 
 
 def test_the_seeds_way_runs_out_of_memory_where_ragsweep_does_not(emulator, tmp_path):
@@ -158,3 +161,18 @@ def test_host_normalisation():
     assert normalize_host("gpu-box") == "http://gpu-box:11434"
     assert normalize_host("https://ollama.example/") == "https://ollama.example:11434"
     assert normalize_host("http://localhost:11434") == "http://localhost:11434"
+
+
+def test_memory_that_never_comes_back_is_reported_and_the_run_goes_on(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"unload_timeout_s: 1\ncorpus: {REPO / 'data/demo/corpus.jsonl'}\ntestset: {REPO / 'data/demo/testset.jsonl'}\n")
+    with OllamaEmulator(vram_lag_s=600) as stuck:  # the driver never reports the memory free again
+        result = run_against(stuck, "--config", str(config), "--llms", "llama3.2:3b", "--embeddings", "all-minilm", "--limit", "2", "--quiet", results=tmp_path / "results")
+    assert result.returncode == 1, result.stderr
+    assert "2/2 samples answered" in result.stdout
+    run_dir = next(p for p in (tmp_path / "results").iterdir() if p.is_dir())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    stuck_events = [e for e in events if e["event"] == "memory_not_released"]
+    assert [e["model"] for e in stuck_events] == ["all-minilm", "llama3.2:3b"]
+    assert "memory did not come back within 1 s after unloading (no model listed as loaded; device memory in use" in stuck_events[0]["message"]
+    assert "all-minilm: memory did not come back" in (run_dir / "report.md").read_text()

@@ -18,7 +18,7 @@ def test_embedding_cache_round_trip_and_key_space(tmp_path):
 def test_answers_are_committed_as_they_complete(tmp_path):
     path = tmp_path / "db.sqlite"
     store = Store(path)
-    store.start_run("r1", {}, {})
+    store.start_run("r1", {}, {}, {})
     store.add_questions("r1", [Question("q1", "Q?", "A", ("d1",))])
     store.put_answer("r1", "bm25", "llm", "q1", {"answer": "A", "exact_match": 1.0})
     # a second connection (another process after a crash) sees it without any close/commit call

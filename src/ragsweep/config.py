@@ -51,12 +51,24 @@ class Settings(BaseModel):
     num_ctx: int = Field(default=4096, ge=256)  # context window; 3 passages of 400 words fit
     seed: int = 0
     embed_batch_size: int | None = Field(default=None, ge=1)  # None = platform default
+    pressure_threshold_gb: float | None = Field(default=None, gt=0)  # None = platform default (10 of 12 GB on a card)
+    baseline_target_gb: float | None = Field(default=None, gt=0)  # None = platform default (2 GB on a 12 GB card)
+    unload_timeout_s: float | None = Field(default=None, gt=0)  # None = 30 s: wait this long for memory to come back
     judge: str = "none"  # "none" or a LiteLLM model name
     results_dir: Path = REPO_ROOT / "results"
     ollama_host: str = "http://localhost:11434"
 
     def public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def platform_overrides(self) -> dict[str, Any]:
+        gb = lambda value: None if value is None else int(value * 1e9)  # noqa: E731
+        return {
+            "embed_batch_size": self.embed_batch_size,
+            "pressure_threshold_bytes": gb(self.pressure_threshold_gb),
+            "baseline_target_bytes": gb(self.baseline_target_gb),
+            "unload_timeout_s": self.unload_timeout_s,
+        }
 
 
 def load_settings(config_path: Path | None, cli: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:

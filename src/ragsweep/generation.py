@@ -72,7 +72,7 @@ def _fail_unanswered(ctx: RunContext, llm: ModelInfo, todo: list, error: ModelCa
     for retriever, question in left:
         ctx.store.put_answer(ctx.run_id, retriever, llm.name, question.id, {"error": str(error), "cause": error.cause})
     ctx.failures += len(left)
-    ctx.skipped.append(f"{llm.name}: {len(left)} answers failed — {error}")
+    ctx.note(f"{llm.name}: {len(left)} answers failed — {error}")
     ctx.log.event("model_failed", STAGE, llm.name, cause=error.cause, message=str(error), samples=len(left))
 
 

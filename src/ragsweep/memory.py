@@ -59,10 +59,14 @@ class MemorySnapshot:
 
     @property
     def in_use_bytes(self) -> int:
-        """The figure compared with thresholds: device use where known, else model processes' RSS."""
-        if self.device_used_bytes is not None:
-            return self.device_used_bytes
-        return self.runner_rss_bytes or 0
+        return bytes_in_use(self.row())
+
+
+def bytes_in_use(row: dict) -> int:
+    """The figure compared with thresholds: device use where NVML exists, else model processes' RSS."""
+    if row.get("device_used_bytes") is not None:
+        return row["device_used_bytes"]
+    return row.get("runner_rss_bytes") or 0
 
 
 def monitor_gpu_memory(stage: str, label: str, backend: "Backend", platform: PlatformConfig, model: str | None = None) -> MemorySnapshot:
@@ -92,36 +96,42 @@ def monitor_gpu_memory(stage: str, label: str, backend: "Backend", platform: Pla
     return snapshot
 
 
+RETURN_TOLERANCE = 256 * 1024**2  # device memory may differ this much from its pre-load level and count as back
+
+
 def ensure_clean_gpu_state(
     backend: "Backend",
     platform: PlatformConfig,
     on_unload: Callable[[str], None] = lambda name: None,
+    back_to_bytes: int | None = None,
     poll_s: float = 0.25,
 ) -> None:
     """Unload everything the backend holds, then wait until backend and device agree it is gone.
 
     Unloading is asynchronous (Ollama answers first, the runner exits later, and the driver's
-    free-memory figure lags a few seconds more), so this polls with a deadline.
+    free-memory figure lags a few seconds more), so this polls with a deadline. "Gone" means the
+    device is back near `back_to_bytes` (its level before the load) when given, else under the
+    platform's baseline target.
     """
     for info in backend.loaded():
         backend.unload(info.name)
         on_unload(info.name)
+    limit = platform.baseline_target_bytes if back_to_bytes is None else back_to_bytes + RETURN_TOLERANCE
     deadline = time.monotonic() + platform.unload_timeout_s
     while True:
         still_loaded = [info.name for info in backend.loaded()]
         used = _device_used_bytes()
-        memory_back = used is None or used <= platform.baseline_target_bytes
-        if not still_loaded and memory_back:
+        if not still_loaded and (used is None or used <= limit):
             return
         if time.monotonic() > deadline:
-            raise MemoryNotReleasedError(_not_released_message(still_loaded, used, platform))
+            raise MemoryNotReleasedError(_not_released_message(still_loaded, used, limit, platform))
         time.sleep(poll_s)
 
 
-def _not_released_message(still_loaded: list[str], used: int | None, platform: PlatformConfig) -> str:
+def _not_released_message(still_loaded: list[str], used: int | None, limit: int, platform: PlatformConfig) -> str:
     held = f"still loaded: {', '.join(still_loaded)}" if still_loaded else "no model listed as loaded"
-    device = f"; device memory in use {used / 1e9:.2f} GB > baseline target {platform.baseline_target_bytes / 1e9:.2f} GB" if used is not None else ""
-    return f"memory did not come back within {platform.unload_timeout_s:.0f} s after unloading ({held}{device}) — check what else uses the GPU (nvidia-smi) or raise the baseline target"
+    device = f"; device memory in use {used / 1e9:.2f} GB > {limit / 1e9:.2f} GB expected" if used is not None else ""
+    return f"memory did not come back within {platform.unload_timeout_s:.0f} s after unloading ({held}{device}) — check what else holds GPU memory (nvidia-smi, ollama ps)"
 
 
 def _rss_of(pids: list[int]) -> int:

@@ -1,7 +1,7 @@
-"""Report stage: exports of one run, read from the store only (so it can be rebuilt without models).
+"""Report stage: a run's exports, built from the store only (so it can be rebuilt without models).
 
-<run dir>/samples.csv, summary.csv, memory.csv, report.md (events.jsonl and run.json are
-written as the run goes).
+<run dir>/samples.csv, summary.csv, memory.csv, report.md. events.jsonl and run.json are written
+while the run goes.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import csv
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from .memory import bytes_in_use
 from .store import Store
 
 SAMPLE_COLUMNS = [
@@ -23,7 +25,31 @@ SAMPLE_COLUMNS = [
     "recall_at_k", "mrr", "ndcg_at_k", "exact_match", "token_f1", "latency_s", "prompt_tokens",
     "completion_tokens", "tokens_per_s", "cached", "error", "cause",
 ]  # fmt: skip
-MEAN_COLUMNS = ["recall_at_k", "mrr", "ndcg_at_k", "exact_match", "token_f1", "latency_s", "tokens_per_s"]
+RETRIEVAL_COLUMNS = ["recall_at_k", "mrr", "ndcg_at_k"]  # known even when the answer failed
+MEAN_COLUMNS = RETRIEVAL_COLUMNS + ["exact_match", "token_f1", "latency_s", "tokens_per_s"]
+SHORT_HEADERS = {"embedding_model": "retriever", "llm": "LLM", "answered": "ok", "failed": "failed", "recall_at_k": "R@k", "mrr": "MRR",
+                 "ndcg_at_k": "nDCG@k", "exact_match": "EM", "token_f1": "F1", "latency_s": "s/answer", "tokens_per_s": "tok/s"}  # fmt: skip
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    run: dict[str, Any]
+    samples: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    snapshots: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+    @property
+    def notes(self) -> list[str]:
+        return [e["message"] for e in self.events if e["event"] == "note"]
+
+
+def load_report(store: Store, run_id: str) -> RunReport:
+    samples = store.samples(run_id)
+    for row in samples:
+        row["retrieved_ids"] = "|".join(json.loads(row["retrieved_ids"])) if row["retrieved_ids"] else ""
+    return RunReport(run_id, store.run(run_id) or {}, samples, summarize(samples), store.snapshots(run_id), store.events(run_id))
 
 
 def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -36,44 +62,60 @@ def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         answered = [r for r in rows if not r["error"]]
         entry = {"embedding_model": embedding_model, "llm": llm, "samples": len(rows), "answered": len(answered), "failed": len(rows) - len(answered)}
         for column in MEAN_COLUMNS:
-            values = [r[column] for r in (answered if column not in {"recall_at_k", "mrr", "ndcg_at_k"} else rows) if r[column] is not None]
+            values = [r[column] for r in (rows if column in RETRIEVAL_COLUMNS else answered) if r[column] is not None]
             entry[column] = sum(values) / len(values) if values else math.nan
         summary.append(entry)
     return summary
 
 
-def write_exports(store: Store, run_id: str, run_dir: Path, notes: list[str]) -> list[dict[str, Any]]:
-    samples = store.samples(run_id)
-    for row in samples:
-        row["retrieved_ids"] = "|".join(json.loads(row["retrieved_ids"])) if row["retrieved_ids"] else ""
-    summary = summarize(samples)
-    snapshots = store.snapshots(run_id)
-    _write_csv(run_dir / "samples.csv", SAMPLE_COLUMNS, samples)
-    _write_csv(run_dir / "summary.csv", list(summary[0]) if summary else ["embedding_model", "llm"], summary)
-    _write_csv(run_dir / "memory.csv", list(snapshots[0]) if snapshots else ["stage"], snapshots)
-    (run_dir / "report.md").write_text(render_markdown(run_id, summary, snapshots, store.events(run_id), notes), encoding="utf-8")
-    return summary
+def memory_findings(report: RunReport) -> dict[str, Any]:
+    """Peaks per stage, the level after each unload, load times, and the seed's targets checked."""
+    platform = report.run.get("platform") or {}
+    peaks: dict[str, int] = {}
+    for row in report.snapshots:
+        peaks[row["stage"]] = max(peaks.get(row["stage"], 0), bytes_in_use(row))
+    baselines = [(row["stage"], row["model"], bytes_in_use(row)) for row in report.snapshots if row["label"] == "after_unload"]
+    loads = [(e["stage"], e["model"], e.get("load_s")) for e in report.events if e["event"] == "model_load"]
+    ooms = [e for e in report.events if e.get("cause") == "out_of_memory"]
+    failed = sum(row["failed"] for row in report.summary)
+    threshold = platform.get("pressure_threshold_bytes")
+    target = platform.get("baseline_target_bytes")
+    peak = max(peaks.values(), default=0)
+    targets = [
+        ("no out-of-memory error", not ooms, f"{len(ooms)} out-of-memory events"),
+        (f"peak < {_gb(threshold)} GB", threshold is None or peak < threshold, f"peak {_gb(peak)} GB"),
+        (f"baseline < {_gb(target)} GB after every unload", target is None or all(b < target for _, _, b in baselines), f"highest {_gb(max((b for _, _, b in baselines), default=0))} GB"),
+        ("every combination completed", failed == 0 and not any(e["event"] == "model_failed" for e in report.events), f"{failed} failed samples"),
+    ]
+    source = "device memory (NVML)" if any(row.get("device_used_bytes") is not None for row in report.snapshots) else "resident memory of the model processes (no GPU)"
+    return {"peaks": peaks, "baselines": baselines, "loads": loads, "targets": targets, "source": source}
 
 
-def render_markdown(run_id: str, summary: list[dict], snapshots: list[dict], events: list[dict], notes: list[str]) -> str:
-    lines = [f"# ragsweep run {run_id}", "", "## Summary (means per embedding model × LLM)", ""]
+def write_exports(store: Store, run_id: str, run_dir: Path) -> list[dict[str, Any]]:
+    report = load_report(store, run_id)
+    _write_csv(run_dir / "samples.csv", SAMPLE_COLUMNS, report.samples)
+    _write_csv(run_dir / "summary.csv", list(report.summary[0]) if report.summary else ["embedding_model", "llm"], report.summary)
+    _write_csv(run_dir / "memory.csv", list(report.snapshots[0]) if report.snapshots else ["stage"], report.snapshots)
+    (run_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    return report.summary
+
+
+def render_markdown(report: RunReport) -> str:
     headers = ["embedding_model", "llm", "answered", "failed"] + MEAN_COLUMNS
-    lines += _md_table(headers, [[_fmt(row[h]) for h in headers] for row in summary])
-    lines += ["", "## Memory", "", "Peak use per stage and the level after each unload (GB; device memory where NVML exists, else the model processes' RSS).", ""]
-    lines += _md_table(["stage", "label", "model", "this process RSS", "model processes RSS", "device used", "system available"], [
-        [s["stage"], s["label"], s["model"] or "", _gb(s["rss_bytes"]), _gb(s["runner_rss_bytes"]), _gb(s["device_used_bytes"]), _gb(s["system_available_bytes"])]
-        for s in snapshots if s["label"] in {"loaded", "before_unload", "after_unload"}
-    ])  # fmt: skip
-    loads = [e for e in events if e["event"] == "model_load"]
-    lines += ["", f"Model loads: {len(loads)}", ""]
-    lines += _md_table(["stage", "model", "load s"], [[e["stage"], e["model"], _fmt(e.get("load_s"))] for e in loads])
+    memory = memory_findings(report)
+    lines = [f"# ragsweep run {report.run_id}", "", "## Summary (means per embedding model × LLM)", ""]
+    lines += _md_table(headers, [[_fmt(row[h]) for h in headers] for row in report.summary])
+    lines += ["", "## Memory", "", f"Measured as {memory['source']}, in GB.", "", "### Targets", ""]
+    lines += [f"- [{'x' if ok else ' '}] {name} ({detail})" for name, ok, detail in memory["targets"]]
+    lines += ["", "### Peak per stage", ""]
+    lines += _md_table(["stage", "peak GB"], [[stage, _gb(peak)] for stage, peak in memory["peaks"].items()])
+    lines += ["", "### After each unload", ""]
+    lines += _md_table(["stage", "model", "GB in use"], [[stage, model, _gb(level)] for stage, model, level in memory["baselines"]])
+    lines += ["", f"### Model loads ({len(memory['loads'])})", ""]
+    lines += _md_table(["stage", "model", "load s"], [[stage, model, _fmt(seconds)] for stage, model, seconds in memory["loads"]])
     lines += ["", "## Skipped and failed", ""]
-    lines += [f"- {note}" for note in notes] or ["- nothing"]
+    lines += [f"- {note}" for note in report.notes] or ["- nothing"]
     return "\n".join(lines) + "\n"
-
-
-SHORT_HEADERS = {"embedding_model": "retriever", "llm": "LLM", "answered": "ok", "failed": "failed", "recall_at_k": "R@k", "mrr": "MRR",
-                 "ndcg_at_k": "nDCG@k", "exact_match": "EM", "token_f1": "F1", "latency_s": "s/answer", "tokens_per_s": "tok/s"}  # fmt: skip
 
 
 def print_summary(summary: list[dict[str, Any]], console: Console) -> None:

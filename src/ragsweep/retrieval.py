@@ -100,7 +100,7 @@ def _embeddings(ctx: RunContext, retriever: ModelInfo, texts: list[str]) -> np.n
     missing = list(dict.fromkeys(h for h in hashes if h not in vectors))
     if missing:
         text_of = dict(zip(hashes, texts))
-        batch_size = ctx.settings.embed_batch_size or ctx.platform.embed_batch_size
+        batch_size = ctx.platform.embed_batch_size
         with resident_model(ctx.backend, retriever, STAGE, ctx.log) as resident, bar(f"embed {retriever.name}", len(missing), ctx.quiet) as progress:
             for start in range(0, len(missing), batch_size):
                 batch = missing[start : start + batch_size]

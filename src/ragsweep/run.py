@@ -26,7 +26,12 @@ class RunContext:
     quiet: bool = False
     model_call_s: float = 0.0  # time spent inside model calls, for the harness-overhead figure
     failures: int = 0  # samples that got no answer
-    skipped: list[str] = field(default_factory=list)  # what was skipped and why, for the report
+    notes: list[str] = field(default_factory=list)  # what was skipped or failed and why
+
+    def note(self, message: str, stage: str | None = None) -> None:
+        """A line for the report; kept as an event so the report can be rebuilt from the store."""
+        self.notes.append(message)
+        self.log.event("note", stage, message=message)
 
     @property
     def generation_options(self) -> GenerationOptions:

@@ -23,7 +23,6 @@ class RunLog:
         self.platform = platform
         self._seq = 0
         self._events_file = (run_dir / "events.jsonl").open("a", encoding="utf-8")
-        self.peak_in_use_bytes: dict[str, int] = {}  # stage -> highest in-use figure seen
 
     def event(self, event: str, stage: str | None = None, model: str | None = None, **data: Any) -> None:
         record = {"event": event, "stage": stage, "model": model, "t": round(time.time(), 3), **data}
@@ -37,7 +36,6 @@ class RunLog:
         snapshot = monitor_gpu_memory(stage, label, backend, self.platform, model)
         self._seq += 1
         self.store.add_snapshot(self.run_id, self._seq, snapshot.row())
-        self.peak_in_use_bytes[stage] = max(self.peak_in_use_bytes.get(stage, 0), snapshot.in_use_bytes)
         return snapshot
 
     def close(self) -> None:

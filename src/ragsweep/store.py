@@ -23,7 +23,7 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE runs (
         run_id TEXT PRIMARY KEY, started_at REAL, finished_at REAL, status TEXT,
-        exit_code INTEGER, config_json TEXT, plan_json TEXT
+        exit_code INTEGER, config_json TEXT, plan_json TEXT, platform_json TEXT
     );
     CREATE TABLE questions (
         run_id TEXT, question_id TEXT, position INTEGER, question TEXT, reference TEXT,
@@ -69,10 +69,10 @@ class Store:
         self.db.close()
 
     # runs -------------------------------------------------------------------------------
-    def start_run(self, run_id: str, config: dict[str, Any], plan: dict[str, Any]) -> None:
+    def start_run(self, run_id: str, config: dict[str, Any], plan: dict[str, Any], platform: dict[str, Any]) -> None:
         self.db.execute(
-            "INSERT INTO runs (run_id, started_at, status, config_json, plan_json) VALUES (?, ?, 'running', ?, ?)",
-            (run_id, time.time(), json.dumps(config), json.dumps(plan)),
+            "INSERT INTO runs (run_id, started_at, status, config_json, plan_json, platform_json) VALUES (?, ?, 'running', ?, ?, ?)",
+            (run_id, time.time(), json.dumps(config), json.dumps(plan), json.dumps(platform)),
         )
 
     def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
@@ -80,7 +80,12 @@ class Store:
 
     def run(self, run_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        return dict(row) if row else None
+        if not row:
+            return None
+        record = dict(row)
+        for key in ("config", "plan", "platform"):
+            record[key] = json.loads(record.pop(f"{key}_json") or "{}")
+        return record
 
     def add_questions(self, run_id: str, questions: Iterable[Any]) -> None:
         with self.db:
