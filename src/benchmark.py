@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", help="'none' or a LiteLLM model name")
     p.add_argument("--results-dir", help="where runs and the results database go")
     p.add_argument("--ollama-host", help="Ollama server URL (default: OLLAMA_HOST or http://localhost:11434)")
+    p.add_argument("--fresh", action="store_true", default=None, help="ignore cached embeddings and answers")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--quiet", action="store_true", help="print only the final summary line")
     return p
@@ -101,6 +102,7 @@ def run(settings: Settings, args: argparse.Namespace, out: Console) -> int:
         _log_to(run_dir / "run.log")
         backend.log_path = run_dir / "models.log"
         ctx = RunContext(run_id, run_dir, settings, platform, backend, store, RunLog(run_id, run_dir, store, platform), quiet=args.quiet)
+        store.mark_abandoned_runs()  # we hold the lock: any run still "running" was killed
         store.start_run(run_id, settings.public_dict(), plan.as_dict(), platform.as_dict())
         store.add_questions(run_id, questions)
         timings: dict[str, float] = {}

@@ -124,6 +124,7 @@ class EmulatorState:
     freeing: list[tuple[float, int]] = field(default_factory=list)  # (release at, bytes)
     loads: Counter = field(default_factory=Counter)
     requests: Counter = field(default_factory=Counter)  # (path, model) -> count
+    work: Counter = field(default_factory=Counter)  # ("answers" | "embedded", model) -> units of real model work
     evictions: int = 0
     awaiting_recovery: bool = False
     oom_errors: int = 0
@@ -442,6 +443,8 @@ def _handler_for(emulator: OllamaEmulator):
                 if empty:
                     return 200, {**base, **blank, "done": True, "done_reason": "load"}
                 time.sleep(emulator.call_s)
+                with emulator.lock:
+                    emulator.state.work[("answers", card.name)] += 1
                 source = json.dumps(body["messages"]) if chat else body["prompt"]
                 text = _answer(source.replace("\\n", "\n"))
                 words = len(source.split())
@@ -474,6 +477,8 @@ def _handler_for(emulator: OllamaEmulator):
                 if not inputs:
                     return 200, {"model": body["model"], "embeddings": []}
                 time.sleep(emulator.call_s)
+                with emulator.lock:
+                    emulator.state.work[("embedded", card.name)] += len(inputs)
                 vectors = [_embed(text, card.dims) for text in inputs]
                 tokens = sum(len(text.split()) for text in inputs)
                 return 200, {"model": body["model"], "embeddings": vectors, "total_duration": int((time.perf_counter() - start) * 1e9), "load_duration": load_ns, "prompt_eval_count": tokens}

@@ -55,6 +55,7 @@ class Settings(BaseModel):
     baseline_target_gb: float | None = Field(default=None, gt=0)  # None = platform default (2 GB on a 12 GB card)
     unload_timeout_s: float | None = Field(default=None, gt=0)  # None = 30 s: wait this long for memory to come back
     judge: str = "none"  # "none" or a LiteLLM model name
+    fresh: bool = False  # ignore the caches (recompute everything; results are still cached for next time)
     results_dir: Path = REPO_ROOT / "results"
     ollama_host: str = "http://localhost:11434"
 

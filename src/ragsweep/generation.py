@@ -1,15 +1,17 @@
 """Generate stage: per LLM, one answer for every (embedding model, question) pair.
 
 The LLM is loaded once for all of them (E + L loads, never E x L). Answers are cached by
-(LLM digest, options, prompt hash) and written as each completes; a failed answer is a row with
-its cause, never the end of the sweep.
+(LLM digest, options, prompt hash), so two retrievers that return the same passages share one
+answer, and a resumed run asks only for what is missing. Each answer is written as it completes;
+a failed answer is a row with its cause, never the end of the sweep.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 
-from .backends.base import ModelInfo
+from .backends.base import ModelInfo, Prompt
 from .errors import ModelCallError
 from .lifecycle import Resident, resident_model
 from .metrics import exact_match, token_f1
@@ -21,58 +23,72 @@ from .testset import Question
 STAGE = "generate"
 
 
+@dataclass
+class PendingAnswer:
+    """One prompt still to answer, and every sample that needs its answer."""
+
+    prompt: Prompt
+    samples: list[tuple[str, Question]] = field(default_factory=list)  # (retriever, question)
+
+
 def generate(ctx: RunContext, llm: ModelInfo, retrievers: list[str], questions: list[Question]) -> None:
     ctx.log.event("stage_start", STAGE, llm.name)
     options = ctx.generation_options
-    todo = []  # (retriever, question, prompt, cache key) still without an answer
+    pending: dict[str, PendingAnswer] = {}  # cache key -> prompt and samples
     for retriever in retrievers:
         contexts = ctx.store.retrievals(ctx.run_id, retriever)
         for question in questions:
             prompt = build_prompt(question.question, contexts[question.id]["contexts"])
             key = hashlib.sha256(f"{llm.digest}|{options.key()}|{prompt.key()}".encode()).hexdigest()
-            cached = ctx.store.cached_answer(key)
+            cached = None if ctx.settings.fresh else ctx.store.cached_answer(key)
             if cached:
                 _store_answer(ctx, retriever, llm, question, cached, cached_hit=True)
             else:
-                todo.append((retriever, question, prompt, key))
-    if todo:
+                pending.setdefault(key, PendingAnswer(prompt)).samples.append((retriever, question))
+    if pending:
         try:
             with resident_model(ctx.backend, llm, STAGE, ctx.log, options) as resident:
-                _answer_all(ctx, resident, todo)
+                _answer_all(ctx, resident, pending)
         except ModelCallError as error:  # could not (re)load: the rest of this model's work fails, the sweep goes on
-            _fail_unanswered(ctx, llm, todo, error)
+            _fail_unanswered(ctx, llm, pending, error)
     else:
         ctx.log.event("model_skipped", STAGE, llm.name, reason="all answers cached")
-    ctx.log.event("stage_end", STAGE, llm.name, answers=len(retrievers) * len(questions), generated=len(todo))
+    ctx.log.event("stage_end", STAGE, llm.name, answers=len(retrievers) * len(questions), generated=len(pending))
 
 
-def _answer_all(ctx: RunContext, resident: Resident, todo: list) -> None:
+def _answer_all(ctx: RunContext, resident: Resident, pending: dict[str, PendingAnswer]) -> None:
     llm = resident.info
-    with bar(f"answer {llm.name}", len(todo), ctx.quiet) as progress:
-        for retriever, question, prompt, key in todo:
+    with bar(f"answer {llm.name}", len(pending), ctx.quiet) as progress:
+        for key, work in pending.items():
             try:
-                result = resident.model.generate(prompt)
+                result = resident.model.generate(work.prompt)
             except ModelCallError as error:
-                ctx.failures += 1
-                ctx.store.put_answer(ctx.run_id, retriever, llm.name, question.id, {"error": str(error), "cause": error.cause})
-                ctx.log.event("sample_failed", STAGE, llm.name, question_id=question.id, embedding_model=retriever, cause=error.cause, message=str(error))
+                _fail(ctx, llm, work.samples, error)
                 if error.cause in {"runner_crash", "timeout"}:
                     resident.reload()
             else:
                 ctx.model_call_s += result.seconds
                 ctx.store.put_answer_cache(key, llm.digest, result.text, result.prompt_tokens, result.completion_tokens, result.seconds)
                 answer = {"text": result.text, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens, "seconds": result.seconds}
-                _store_answer(ctx, retriever, llm, question, answer, cached_hit=False)
+                for retriever, question in work.samples:
+                    _store_answer(ctx, retriever, llm, question, answer, cached_hit=False)
             progress.advance()
 
 
-def _fail_unanswered(ctx: RunContext, llm: ModelInfo, todo: list, error: ModelCallError) -> None:
+def _fail(ctx: RunContext, llm: ModelInfo, samples: list[tuple[str, Question]], error: ModelCallError) -> None:
+    for retriever, question in samples:
+        ctx.failures += 1
+        ctx.store.put_answer(ctx.run_id, retriever, llm.name, question.id, {"error": str(error), "cause": error.cause})
+        ctx.log.event("sample_failed", STAGE, llm.name, question_id=question.id, embedding_model=retriever, cause=error.cause, message=str(error))
+
+
+def _fail_unanswered(ctx: RunContext, llm: ModelInfo, pending: dict[str, PendingAnswer], error: ModelCallError) -> None:
     answered = {(row["embedding_model"], row["question_id"]) for row in ctx.store.samples(ctx.run_id) if row["llm"] == llm.name}
-    left = [(retriever, question) for retriever, question, _, _ in todo if (retriever, question.id) not in answered]
+    left = [(r, q) for work in pending.values() for r, q in work.samples if (r, q.id) not in answered]
     for retriever, question in left:
         ctx.store.put_answer(ctx.run_id, retriever, llm.name, question.id, {"error": str(error), "cause": error.cause})
     ctx.failures += len(left)
-    ctx.note(f"{llm.name}: {len(left)} answers failed — {error}")
+    ctx.note(f"{llm.name}: {len(left)} answers failed — {error}", STAGE)
     ctx.log.event("model_failed", STAGE, llm.name, cause=error.cause, message=str(error), samples=len(left))
 
 

@@ -96,7 +96,7 @@ def _dense_rank(ctx: RunContext, retriever: ModelInfo, chunks: list[Chunk], ques
 def _embeddings(ctx: RunContext, retriever: ModelInfo, texts: list[str]) -> np.ndarray:
     """Vectors for `texts`, from the cache where possible; the model is loaded only for the rest."""
     hashes = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
-    vectors = ctx.store.cached_embeddings(retriever.digest, hashes)
+    vectors = {} if ctx.settings.fresh else ctx.store.cached_embeddings(retriever.digest, hashes)
     missing = list(dict.fromkeys(h for h in hashes if h not in vectors))
     if missing:
         text_of = dict(zip(hashes, texts))

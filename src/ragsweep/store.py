@@ -78,6 +78,9 @@ class Store:
     def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
         self.db.execute("UPDATE runs SET finished_at = ?, status = ?, exit_code = ? WHERE run_id = ?", (time.time(), status, exit_code, run_id))
 
+    def mark_abandoned_runs(self) -> int:
+        return self.db.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'").rowcount
+
     def run(self, run_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if not row:
