@@ -31,6 +31,7 @@ from ragsweep.backends import get_backend
 from ragsweep.config import Settings, load_settings
 from ragsweep.errors import ModelCallError, RagsweepError
 from ragsweep.generation import generate
+from ragsweep.judge import judge, require_judge_packages, resolve_judge
 from ragsweep.lifecycle import clean_state
 from ragsweep.lock import results_lock
 from ragsweep.plan import Plan, make_plan, print_plan
@@ -41,6 +42,9 @@ from ragsweep.run import RunContext, new_run_id
 from ragsweep.runlog import RunLog
 from ragsweep.store import Store
 from ragsweep.testset import load_corpus, load_questions
+
+
+JUDGE_HINT = "no judge: set OPENAI_API_KEY for gpt-4o-mini, or pass --judge ollama_chat/NAME (local) or --judge openai/NAME --judge-base-url URL"
 
 
 class Interrupted(Exception):
@@ -58,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--testset", help="test-set file (.jsonl, .csv, .parquet)")
     p.add_argument("--limit", type=int, help="use the first N questions")
     p.add_argument("--top-k", type=int, help="passages retrieved per question")
-    p.add_argument("--judge", help="'none' or a LiteLLM model name")
+    p.add_argument("--judge", help="'none' or a LiteLLM model: gpt-4o-mini, ollama_chat/NAME, openai/NAME (with --judge-base-url)")
+    p.add_argument("--judge-base-url", help="OpenAI-compatible server for openai/NAME judges (Ollama host for ollama_chat/)")
+    p.add_argument("--judge-embeddings", help="LiteLLM embedding model for answer_relevancy")
+    p.add_argument("--judge-concurrency", type=int, help="judge calls in flight, at most")
+    p.add_argument("--max-judge-cost", type=float, help="USD: stop judging cleanly when reached")
+    p.add_argument("--retry-failed", action="store_true", help="re-judge only the failed cells of the latest run")
     p.add_argument("--results-dir", help="where runs and the results database go")
     p.add_argument("--ollama-host", help="Ollama server URL (default: OLLAMA_HOST or http://localhost:11434)")
     p.add_argument("--fresh", action="store_true", default=None, help="ignore cached embeddings and answers")
@@ -85,42 +94,31 @@ def run(settings: Settings, args: argparse.Namespace, out: Console) -> int:
     documents = load_corpus(settings.corpus)
     questions = load_questions(settings.testset, {d.id for d in documents}, settings.limit)
     chunks = chunk_documents(documents, settings.chunk_size, settings.chunk_overlap)
-    if settings.judge != "none":
-        raise errors.ConfigError(f"--judge {settings.judge}: LLM judging (RAGAS) is not available in this version — use --judge none")
     platform = get_platform_config(**settings.platform_overrides())
+    judge_spec = resolve_judge(settings, platform.judge_concurrency)
+    if judge_spec:
+        require_judge_packages()
     backend = get_backend(settings.backend, platform.device, settings.ollama_host)
     store = Store(settings.results_dir / "ragsweep.sqlite")
-    plan = make_plan(backend, store, settings.embeddings, settings.llms, len(questions), len(chunks))
+    if args.retry_failed:
+        return _retry_failed(settings, platform, backend, store, judge_spec, args, out)
+    plan = make_plan(backend, store, settings.embeddings, settings.llms, len(questions), len(chunks), judge_spec, settings.top_k)
     print_plan(plan, platform, out)
     if args.dry_run:
         return errors.EXIT_OK
 
     run_id = new_run_id()
     with results_lock(settings.results_dir, run_id):
-        run_dir = settings.results_dir / run_id
-        run_dir.mkdir(parents=True)
-        _log_to(run_dir / "run.log")
-        backend.log_path = run_dir / "models.log"
-        ctx = RunContext(run_id, run_dir, settings, platform, backend, store, RunLog(run_id, run_dir, store, platform), quiet=args.quiet)
-        store.mark_abandoned_runs()  # we hold the lock: any run still "running" was killed
+        ctx = _open_run(run_id, settings, platform, backend, store, args.quiet)
         store.start_run(run_id, settings.public_dict(), plan.as_dict(), platform.as_dict())
         store.add_questions(run_id, questions)
         timings: dict[str, float] = {}
-        _handle_sigterm()
         try:
             exit_code = _sweep(ctx, plan, chunks, questions, timings)
-            status = "done" if exit_code == errors.EXIT_OK else "finished with failures"
         except (KeyboardInterrupt, Interrupted) as stop:
             exit_code = getattr(stop, "exit_code", errors.EXIT_SIGINT)
-            status = "interrupted"
             ctx.note("run interrupted: the remaining work was not done")
-        finally:
-            for info in backend.loaded():  # never leave a model resident behind us
-                backend.unload(info.name)
-        summary = write_exports(store, run_id, run_dir)
-        _write_run_json(ctx, plan, timings, status, exit_code)
-        store.finish_run(run_id, status, exit_code)
-        ctx.log.close()
+        summary, status = _close_run(ctx, plan, timings, exit_code)
     _print_outcome(ctx, summary, timings, status, exit_code, args.quiet, out)
     return exit_code
 
@@ -142,15 +140,73 @@ def _sweep(ctx: RunContext, plan: Plan, chunks, questions, timings: dict[str, fl
     for llm in plan.llms:  # generate: each LLM loaded once, answers under every retriever's contexts
         generate(ctx, llm, usable, questions)
     timings["generate_s"] = time.perf_counter() - start - timings["retrieve_s"]
+    timings["model_call_s"] = ctx.model_call_s  # retrieval and generation only: the harness-overhead figure
 
-    ctx.note("LLM-judged metrics (RAGAS) skipped: --judge none")
+    judged_at = time.perf_counter()
+    if plan.judge:  # judge: after all generation, so a local judge never shares memory with an LLM
+        judge(ctx, plan.judge)
+    else:
+        ctx.note(f"LLM-judged metrics (RAGAS) skipped — {JUDGE_HINT}")
+    timings["judge_s"] = time.perf_counter() - judged_at
     timings["wall_s"] = time.perf_counter() - start
-    timings["model_call_s"] = ctx.model_call_s
-    failed_retrievers = len(plan.retrievers) - len(usable)
+    return _exit_code(ctx, failed_retrievers=len(plan.retrievers) - len(usable))
+
+
+def _exit_code(ctx: RunContext, failed_retrievers: int = 0) -> int:
     unverified = [e for e in ctx.store.events(ctx.run_id) if e["event"] == "memory_not_released"]
     for event in unverified:
         ctx.note(f"{event['model'] or 'clean-up'}: {event['message']}", event["stage"])
-    return errors.EXIT_FAILURES if ctx.failures or failed_retrievers or unverified else errors.EXIT_OK
+    unjudged = sum(1 for j in ctx.store.judgements(ctx.run_id) if j["value"] is None)
+    if unjudged:
+        ctx.note(f"{unjudged} judge cells failed (NaN): see judge_errors.csv; retry them with --retry-failed", "judge")
+    return errors.EXIT_FAILURES if ctx.failures or failed_retrievers or unverified or unjudged else errors.EXIT_OK
+
+
+def _retry_failed(settings, platform, backend, store: Store, judge_spec, args, out: Console) -> int:
+    """Re-judge only the failed cells of the latest run, in place, and rewrite its exports."""
+    run_id = store.latest_run_id()
+    if run_id is None:
+        raise errors.ConfigError(f"--retry-failed: no run in {settings.results_dir} yet")
+    if judge_spec is None:
+        raise errors.ConfigError(f"--retry-failed needs a judge — {JUDGE_HINT}")
+    record = store.run(run_id)
+    plan = Plan.from_dict(record["plan"], judge_spec)
+    with results_lock(settings.results_dir, run_id):
+        ctx = _open_run(run_id, settings, platform, backend, store, args.quiet)
+        ctx.log.event("retry_failed", "judge", judge_spec.model)
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        try:
+            judge(ctx, judge_spec, only_failed=True)
+            exit_code = _exit_code(ctx)
+        except (KeyboardInterrupt, Interrupted) as stop:
+            exit_code = getattr(stop, "exit_code", errors.EXIT_SIGINT)
+        timings["judge_s"] = timings["wall_s"] = time.perf_counter() - start
+        summary, status = _close_run(ctx, plan, timings, exit_code)
+    _print_outcome(ctx, summary, timings, status, exit_code, args.quiet, out)
+    return exit_code
+
+
+def _open_run(run_id: str, settings: Settings, platform, backend, store: Store, quiet: bool) -> RunContext:
+    run_dir = settings.results_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _log_to(run_dir / "run.log")
+    backend.log_path = run_dir / "models.log"
+    store.mark_abandoned_runs()  # we hold the lock: any run still "running" was killed
+    _handle_sigterm()
+    return RunContext(run_id, run_dir, settings, platform, backend, store, RunLog(run_id, run_dir, store, platform), quiet=quiet)
+
+
+def _close_run(ctx: RunContext, plan: Plan, timings: dict[str, float], exit_code: int) -> tuple[list[dict], str]:
+    """Never leave a model resident; write the exports of what is done, whatever happened."""
+    for info in ctx.backend.loaded():
+        ctx.backend.unload(info.name)
+    status = {errors.EXIT_OK: "done", errors.EXIT_FAILURES: "finished with failures"}.get(exit_code, "interrupted")
+    summary = write_exports(ctx.store, ctx.run_id, ctx.run_dir)
+    _write_run_json(ctx, plan, timings, status, exit_code)
+    ctx.store.finish_run(ctx.run_id, status, exit_code)
+    ctx.log.close()
+    return summary, status
 
 
 def _handle_sigterm() -> None:

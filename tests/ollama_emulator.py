@@ -173,6 +173,12 @@ class OllamaEmulator:
             processes = [{"pid": r.pid, "used": r.allocated, "name": "ollama"} for r in self.state.runners.values()]
             return {"total": self.state.total_vram, "used": used, "free": self.state.total_vram - used, "processes": processes, "name": "Emulated GPU 12GB"}
 
+    def wait_idle(self, timeout_s: float = 10.0) -> None:
+        """Until no request is being served (a killed client's last request still runs to its end)."""
+        deadline = time.monotonic() + timeout_s
+        while any(r.refcount for r in self.state.runners.values()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def add_fault(self, fault: Fault) -> None:
         with self.lock:
             self.state.faults.append(fault)
@@ -321,6 +327,14 @@ def _answer(messages_or_prompt: str) -> str:
     return " ".join(words[2:5]) or "unknown"
 
 
+def _structured(body: dict[str, Any]) -> str:
+    """`format` (a JSON schema, or "json" with the schema in the prompt): answer with valid JSON, as Ollama does."""
+    from judge_server import _schema_in, instance_of
+
+    schema = body["format"] if isinstance(body["format"], dict) else _schema_in(body.get("messages") or [{"content": body.get("prompt", "")}])
+    return json.dumps(instance_of(schema, schema.get("$defs", {})) if schema else {})
+
+
 def _handler_for(emulator: OllamaEmulator):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -446,7 +460,7 @@ def _handler_for(emulator: OllamaEmulator):
                 with emulator.lock:
                     emulator.state.work[("answers", card.name)] += 1
                 source = json.dumps(body["messages"]) if chat else body["prompt"]
-                text = _answer(source.replace("\\n", "\n"))
+                text = _answer(source.replace("\\n", "\n")) if not body.get("format") else _structured(body)
                 words = len(source.split())
                 metrics = {"total_duration": int((time.perf_counter() - start) * 1e9), "load_duration": load_ns, "prompt_eval_count": words, "prompt_eval_duration": int(emulator.call_s * 5e8), "eval_count": len(text.split()), "eval_duration": int(emulator.call_s * 5e8)}
                 content = {"message": {"role": "assistant", "content": text}} if chat else {"response": text}

@@ -111,10 +111,11 @@ def test_dry_run_prints_plan_and_starts_nothing(tmp_path):
         (["--llms", "smollm3-135m"], "unknown local llm model 'smollm3-135m' — did you mean 'smollm2-135m'?"),
         (["--llms", "all-minilm-l6-v2"], "'all-minilm-l6-v2' is an embedding model, not an llm model"),
         (["--top-k", "0"], "--top-k: Input should be greater than or equal to 1"),
-        (["--judge", "gpt-4o-mini"], "--judge gpt-4o-mini: LLM judging (RAGAS) is not available"),
+        (["--judge", "openai/my-judge"], "--judge openai/my-judge: an openai/ judge needs --judge-base-url"),
     ],
 )
-def test_input_errors_are_one_line_exit_2(tmp_path, capsys, args, message):
+def test_input_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     code = benchmark.main([*args, "--results-dir", str(tmp_path), "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2

@@ -52,6 +52,7 @@ def start_and_stop_when(emu, results, config, condition, stop_signal) -> subproc
         time.sleep(0.005)
     process.send_signal(stop_signal)
     process.wait(timeout=120)
+    emu.wait_idle()  # the killed client's last request may still be running in the emulator
     return process
 
 

@@ -54,7 +54,16 @@ class Settings(BaseModel):
     pressure_threshold_gb: float | None = Field(default=None, gt=0)  # None = platform default (10 of 12 GB on a card)
     baseline_target_gb: float | None = Field(default=None, gt=0)  # None = platform default (2 GB on a 12 GB card)
     unload_timeout_s: float | None = Field(default=None, gt=0)  # None = 30 s: wait this long for memory to come back
-    judge: str = "none"  # "none" or a LiteLLM model name
+    judge: str | None = None  # "none", a LiteLLM model name, or None: gpt-4o-mini when OPENAI_API_KEY is set, else none
+    judge_base_url: str | None = None  # OpenAI-compatible server for openai/NAME judges; Ollama host for ollama_chat/NAME
+    judge_embeddings: str | None = None  # for answer_relevancy; default text-embedding-3-small, or the first Ollama embedding model
+    judge_concurrency: int | None = Field(default=None, ge=1)  # judge calls in flight; None = platform default (2 on a 12 GB card, else 4)
+    judge_timeout_s: float = Field(default=120.0, gt=0)  # per judge call
+    judge_retries: int = Field(default=4, ge=0)  # per call, on 429 / 5xx / timeout / connection, with backoff
+    judge_parse_retries: int = Field(default=2, ge=0)  # re-asks when the judge's JSON does not parse
+    judge_max_tokens: int = Field(default=2048, ge=256)  # small judges stop mid-JSON below 2048
+    judge_num_ctx: int = Field(default=8192, ge=2048)  # an Ollama judge's context: its prompts are long
+    max_judge_cost: float | None = Field(default=None, gt=0)  # USD: stop judging cleanly when reached
     fresh: bool = False  # ignore the caches (recompute everything; results are still cached for next time)
     results_dir: Path = REPO_ROOT / "results"
     ollama_host: str = "http://localhost:11434"

@@ -114,8 +114,9 @@ def ensure_clean_gpu_state(
     platform's baseline target.
     """
     for info in backend.loaded():
-        backend.unload(info.name)
-        on_unload(info.name)
+        if not info.stopping:  # one already leaving needs no second unload, only the wait below
+            backend.unload(info.name)
+            on_unload(info.name)
     limit = platform.baseline_target_bytes if back_to_bytes is None else back_to_bytes + RETURN_TOLERANCE
     deadline = time.monotonic() + platform.unload_timeout_s
     while True:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .backends.base import Backend, ModelInfo
+from .judge_client import JudgeSpec
 from .platform import PlatformConfig
 from .retrieval import LEXICAL, describe_retriever
 from .store import Store
@@ -21,14 +22,42 @@ DEFAULT_ANSWER_S = 3.0  # measured: 2-4 s per answer for the demo's tiny LLMs on
 DEFAULT_LOAD_S = 8.0  # a spawned model process: interpreter, torch or llama.cpp, weights
 
 
+JUDGE_PROMPT_TOKENS = 1200  # per judge call: ragas's prompt (1.7-5.8 k characters) plus the passages
+JUDGE_COMPLETION_TOKENS = 150  # per judge call: a small JSON object
+
+
 @dataclass
 class Plan:
     retrievers: list[ModelInfo]
     llms: list[ModelInfo]
     questions: int
     chunks: int
+    judge: JudgeSpec | None = None
+    top_k: int = 3
     cached_embeddings: dict[str, int] = field(default_factory=dict)
     answer_seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], judge: JudgeSpec | None) -> "Plan":
+        """The plan a stored run was made with (for --retry-failed)."""
+        models = lambda rows: [ModelInfo(**row) for row in rows]  # noqa: E731
+        return cls(models(data["retrievers"]), models(data["llms"]), data["questions"], data["chunks"], judge, data.get("top_k", 3))
+
+    @property
+    def judge_calls(self) -> int:
+        """Judge LLM calls: 6 + k per sample (faithfulness 2, answer_relevancy 3, precision k, recall 1)."""
+        return self.samples * (6 + self.top_k) if self.judge else 0
+
+    def judge_cost_usd(self) -> float | None:
+        """A rough estimate from LiteLLM's price list; None when it does not know the model."""
+        if not self.judge:
+            return None
+        import litellm
+
+        price = litellm.model_cost.get(self.judge.model.split("/", 1)[-1] if self.judge.model.startswith("openai/") and not self.judge.base_url else self.judge.model)
+        if not price or price.get("input_cost_per_token") is None:
+            return None
+        return self.judge_calls * (JUDGE_PROMPT_TOKENS * price["input_cost_per_token"] + JUDGE_COMPLETION_TOKENS * price.get("output_cost_per_token", 0.0))
 
     @property
     def samples(self) -> int:
@@ -40,7 +69,7 @@ class Plan:
 
     @property
     def estimated_s(self) -> float:
-        answers = sum(self.answer_seconds[llm.name] * len(self.retrievers) * self.questions for llm in self.llms)
+        answers = sum(self.answer_seconds.get(llm.name, DEFAULT_ANSWER_S) * len(self.retrievers) * self.questions for llm in self.llms)
         return answers + DEFAULT_LOAD_S * self.model_loads
 
     def as_dict(self) -> dict[str, Any]:
@@ -52,14 +81,18 @@ class Plan:
             "samples": self.samples,
             "model_loads": self.model_loads,
             "estimated_s": round(self.estimated_s, 1),
+            "top_k": self.top_k,
+            "judge": self.judge.model if self.judge else None,
+            "judge_calls": self.judge_calls,
         }
 
 
-def make_plan(backend: Backend, store: Store, retriever_names: list[str], llm_names: list[str], questions: int, chunks: int) -> Plan:
+def make_plan(backend: Backend, store: Store, retriever_names: list[str], llm_names: list[str], questions: int, chunks: int,
+              judge: JudgeSpec | None = None, top_k: int = 3) -> Plan:  # fmt: skip
     backend.check()
     retrievers = [describe_retriever(backend, name) for name in retriever_names]
     llms = [backend.describe(name, "llm") for name in llm_names]
-    plan = Plan(retrievers, llms, questions, chunks)
+    plan = Plan(retrievers, llms, questions, chunks, judge, top_k)
     for retriever in retrievers:
         plan.cached_embeddings[retriever.name] = 0 if retriever.name == LEXICAL else store.cached_embedding_count(retriever.digest)
     for llm in llms:
@@ -84,6 +117,13 @@ def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
         f"platform: {platform.device} ({platform.device_name}), memory {platform.memory_total_bytes / 1e9:.1f} GB; "
         f"estimated time: {_duration(plan.estimated_s)} (cached work is skipped)"
     )
+    if plan.judge:
+        cost = plan.judge_cost_usd()
+        console.print(
+            f"judge: {plan.judge.model} (embeddings {plan.judge.embeddings}), {plan.samples} samples × (6 + k={plan.top_k}) = {plan.judge_calls} judge calls "
+            f"+ {2 * plan.samples} embedding calls, at most {plan.judge.concurrency} in flight; "
+            + (f"estimated cost ≤ ${cost:.2f} (≈{JUDGE_PROMPT_TOKENS} prompt + {JUDGE_COMPLETION_TOKENS} completion tokens a call; cached cells are free)" if cost is not None else "cost unknown to LiteLLM (local judge: free)")
+        )
 
 
 def _gb(size: int | None) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,15 @@ from rich.table import Table
 from .memory import bytes_in_use
 from .store import Store
 
+JUDGE_METRICS = ["faithfulness", "answer_relevancy", "context_precision", "context_recall"]
 SAMPLE_COLUMNS = [
     "embedding_model", "llm", "question_id", "question", "reference", "answer", "retrieved_ids",
-    "recall_at_k", "mrr", "ndcg_at_k", "exact_match", "token_f1", "latency_s", "prompt_tokens",
+    "recall_at_k", "mrr", "ndcg_at_k", "exact_match", "token_f1", *JUDGE_METRICS, "latency_s", "prompt_tokens",
     "completion_tokens", "tokens_per_s", "cached", "error", "cause",
 ]  # fmt: skip
+JUDGE_ERROR_COLUMNS = ["question_id", "embedding_model", "llm", "metric", "cause", "message"]
 RETRIEVAL_COLUMNS = ["recall_at_k", "mrr", "ndcg_at_k"]  # known even when the answer failed
-MEAN_COLUMNS = RETRIEVAL_COLUMNS + ["exact_match", "token_f1", "latency_s", "tokens_per_s"]
+MEAN_COLUMNS = RETRIEVAL_COLUMNS + ["exact_match", "token_f1", *JUDGE_METRICS, "latency_s", "tokens_per_s"]
 SHORT_HEADERS = {"embedding_model": "retriever", "llm": "LLM", "answered": "ok", "failed": "failed", "recall_at_k": "R@k", "mrr": "MRR",
                  "ndcg_at_k": "nDCG@k", "exact_match": "EM", "token_f1": "F1", "latency_s": "s/answer", "tokens_per_s": "tok/s"}  # fmt: skip
 
@@ -39,6 +41,15 @@ class RunReport:
     summary: list[dict[str, Any]]
     snapshots: list[dict[str, Any]]
     events: list[dict[str, Any]]
+    judgements: list[dict[str, Any]]
+
+    @property
+    def judged(self) -> bool:
+        return bool(self.judgements)
+
+    @property
+    def judge_errors(self) -> list[dict[str, Any]]:
+        return [j for j in self.judgements if j["value"] is None]
 
     @property
     def notes(self) -> list[str]:
@@ -47,9 +58,14 @@ class RunReport:
 
 def load_report(store: Store, run_id: str) -> RunReport:
     samples = store.samples(run_id)
+    judgements = store.judgements(run_id)
+    scores = {(j["embedding_model"], j["llm"], j["question_id"], j["metric"]): j["value"] for j in judgements}
     for row in samples:
         row["retrieved_ids"] = "|".join(json.loads(row["retrieved_ids"])) if row["retrieved_ids"] else ""
-    return RunReport(run_id, store.run(run_id) or {}, samples, summarize(samples), store.snapshots(run_id), store.events(run_id))
+        for metric in JUDGE_METRICS:
+            key = (row["embedding_model"], row["llm"], row["question_id"], metric)
+            row[metric] = (math.nan if scores[key] is None else scores[key]) if key in scores else None
+    return RunReport(run_id, store.run(run_id) or {}, samples, summarize(samples), store.snapshots(run_id), store.events(run_id), judgements)
 
 
 def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -62,8 +78,11 @@ def summarize(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         answered = [r for r in rows if not r["error"]]
         entry = {"embedding_model": embedding_model, "llm": llm, "samples": len(rows), "answered": len(answered), "failed": len(rows) - len(answered)}
         for column in MEAN_COLUMNS:
-            values = [r[column] for r in (rows if column in RETRIEVAL_COLUMNS else answered) if r[column] is not None]
+            values = [r[column] for r in (rows if column in RETRIEVAL_COLUMNS else answered) if r[column] is not None and not _nan(r[column])]
             entry[column] = sum(values) / len(values) if values else math.nan
+        for metric in JUDGE_METRICS:  # share of judged cells that got no score
+            judged = [r[metric] for r in answered if r[metric] is not None]
+            entry[f"{metric}_nan_rate"] = sum(1 for v in judged if _nan(v)) / len(judged) if judged else math.nan
         summary.append(entry)
     return summary
 
@@ -96,15 +115,41 @@ def write_exports(store: Store, run_id: str, run_dir: Path) -> list[dict[str, An
     _write_csv(run_dir / "samples.csv", SAMPLE_COLUMNS, report.samples)
     _write_csv(run_dir / "summary.csv", list(report.summary[0]) if report.summary else ["embedding_model", "llm"], report.summary)
     _write_csv(run_dir / "memory.csv", list(report.snapshots[0]) if report.snapshots else ["stage"], report.snapshots)
+    if report.judged:
+        _write_csv(run_dir / "judge_errors.csv", JUDGE_ERROR_COLUMNS, report.judge_errors)
     (run_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     return report.summary
 
 
+def judge_usage(report: RunReport) -> list[dict[str, Any]]:
+    """Per metric: cells, failures, calls' tokens and cost (what this run paid, cached cells are free)."""
+    rows = []
+    for metric in JUDGE_METRICS:
+        cells = [j for j in report.judgements if j["metric"] == metric]
+        costs = [j["cost_usd"] for j in cells if j["cost_usd"] is not None and not j["cached"]]
+        rows.append({
+            "metric": metric, "cells": len(cells), "nan": sum(1 for j in cells if j["value"] is None), "cached": sum(1 for j in cells if j["cached"]),
+            "prompt_tokens": sum(j["prompt_tokens"] or 0 for j in cells if not j["cached"]),
+            "completion_tokens": sum(j["completion_tokens"] or 0 for j in cells if not j["cached"]),
+            "cost_usd": sum(costs) if costs else None,
+        })  # fmt: skip
+    return rows
+
+
 def render_markdown(report: RunReport) -> str:
-    headers = ["embedding_model", "llm", "answered", "failed"] + MEAN_COLUMNS
+    headers = ["embedding_model", "llm", "answered", "failed"] + [c for c in MEAN_COLUMNS if report.judged or c not in JUDGE_METRICS]
     memory = memory_findings(report)
     lines = [f"# ragsweep run {report.run_id}", "", "## Summary (means per embedding model × LLM)", ""]
     lines += _md_table(headers, [[_fmt(row[h]) for h in headers] for row in report.summary])
+    if report.judged:
+        lines += ["", f"## Judge ({(report.run.get('plan') or {}).get('judge') or 'LLM'})", "", "NaN rate per metric and what this run's calls used (cached cells cost nothing).", ""]
+        usage = judge_usage(report)
+        lines += _md_table(["metric", "cells", "NaN", "NaN rate", "cached", "prompt tokens", "completion tokens", "cost USD"], [
+            [u["metric"], u["cells"], u["nan"], _fmt(u["nan"] / u["cells"] if u["cells"] else math.nan), u["cached"], u["prompt_tokens"], u["completion_tokens"], _fmt(u["cost_usd"], 4)]
+            for u in usage
+        ])  # fmt: skip
+        causes = Counter(j["cause"] for j in report.judge_errors)
+        lines += ["", "Failed cells by cause: " + (", ".join(f"{cause} {n}" for cause, n in causes.most_common()) or "none") + " (judge_errors.csv)"]
     lines += ["", "## Memory", "", f"Measured as {memory['source']}, in GB.", "", "### Targets", ""]
     lines += [f"- [{'x' if ok else ' '}] {name} ({detail})" for name, ok, detail in memory["targets"]]
     lines += ["", "### Peak per stage", ""]
@@ -118,12 +163,18 @@ def render_markdown(report: RunReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+JUDGE_HEADERS = {"faithfulness": "faith", "answer_relevancy": "ans.rel", "context_precision": "ctx.prec", "context_recall": "ctx.rec"}
+
+
 def print_summary(summary: list[dict[str, Any]], console: Console) -> None:
-    table = Table(title="summary (means; R@k, MRR, nDCG: retrieval; EM, F1: answer vs reference)", title_justify="left")
-    for header, short in SHORT_HEADERS.items():
+    judged = any(not _nan(row[m]) for row in summary for m in JUDGE_METRICS)
+    headers = {**SHORT_HEADERS, **(JUDGE_HEADERS if judged else {})}
+    title = "summary (means; R@k, MRR, nDCG: retrieval; EM, F1: answer vs reference" + ("; faith … ctx.rec: RAGAS judge)" if judged else ")")
+    table = Table(title=title, title_justify="left")
+    for header, short in headers.items():
         table.add_column(short, justify="left" if header in {"embedding_model", "llm"} else "right", no_wrap=True)
     for row in summary:
-        table.add_row(*[_fmt(row[h], 2) for h in SHORT_HEADERS])
+        table.add_row(*[_fmt(row[h], 2) for h in headers])
     console.print(table)
 
 
@@ -136,6 +187,10 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _fmt(value: Any, digits: int = 3) -> str:

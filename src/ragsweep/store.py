@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Numbered migrations: MIGRATIONS[n] takes a database from version n to n + 1.
 MIGRATIONS: list[str] = [
@@ -49,6 +49,19 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE events (run_id TEXT, seq INTEGER, t REAL, event TEXT, stage TEXT, model TEXT, data TEXT);
     CREATE TABLE memory (run_id TEXT, seq INTEGER, t REAL, stage TEXT, label TEXT, model TEXT, data TEXT);
+    """,
+    # v2: LLM-judged metrics. Only scores are cached (a failure is retried next time), keyed by
+    # judge identity + parameters, metric and exact inputs: a key space apart from generation.
+    """
+    CREATE TABLE judge_cache (
+        key TEXT PRIMARY KEY, judge TEXT, metric TEXT, value REAL, prompt_tokens INTEGER,
+        completion_tokens INTEGER, cost_usd REAL, created_at REAL
+    );
+    CREATE TABLE judgements (
+        run_id TEXT, embedding_model TEXT, llm TEXT, question_id TEXT, metric TEXT, value REAL,
+        cause TEXT, message TEXT, cached INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER,
+        cost_usd REAL, PRIMARY KEY (run_id, embedding_model, llm, question_id, metric)
+    );
     """,
 ]
 
@@ -148,6 +161,30 @@ class Store:
             f"INSERT OR REPLACE INTO answers (run_id, embedding_model, llm, question_id, {', '.join(ANSWER_COLUMNS)}) VALUES ({marks})",
             (run_id, embedding_model, llm, question_id, *(values.get(column) for column in ANSWER_COLUMNS)),
         )
+
+    def cached_judgement(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT value, prompt_tokens, completion_tokens, cost_usd FROM judge_cache WHERE key = ?", (key,)).fetchone()
+        return dict(row) if row else None
+
+    def put_judge_cache(self, key: str, judge: str, metric: str, value: float, usage: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO judge_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, judge, metric, value, usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("cost_usd"), time.time()),
+        )
+
+    def put_judgement(self, run_id: str, embedding_model: str, llm: str, question_id: str, metric: str, values: dict[str, Any]) -> None:
+        columns = ["value", "cause", "message", "cached", "prompt_tokens", "completion_tokens", "cost_usd"]
+        self.db.execute(
+            f"INSERT OR REPLACE INTO judgements (run_id, embedding_model, llm, question_id, metric, {', '.join(columns)}) VALUES ({','.join('?' * 12)})",
+            (run_id, embedding_model, llm, question_id, metric, *(values.get(c) for c in columns)),
+        )
+
+    def judgements(self, run_id: str) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.db.execute("SELECT * FROM judgements WHERE run_id = ? ORDER BY embedding_model, llm, question_id, metric", (run_id,))]
+
+    def latest_run_id(self) -> str | None:
+        row = self.db.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+        return row[0] if row else None
 
     # log ----------------------------------------------------------------------------------
     def add_event(self, run_id: str, seq: int, event: dict[str, Any]) -> None:

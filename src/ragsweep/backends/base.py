@@ -37,6 +37,7 @@ class LoadedInfo:
     size_bytes: int | None
     size_vram_bytes: int | None
     pid: int | None  # the process holding it, when known
+    stopping: bool = False  # unload already under way (Ollama: expires_at in the past, "Stopping...")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -95,7 +96,7 @@ class OllamaBackend(Backend):
 
     def loaded(self) -> list[LoadedInfo]:
         rows = self.request("/api/ps", method="GET").get("models") or []
-        return [LoadedInfo(row["name"], row.get("size"), row.get("size_vram"), None) for row in rows]
+        return [LoadedInfo(row["name"], row.get("size"), row.get("size_vram"), None, _expired(row.get("expires_at"))) for row in rows]
 
     def unload(self, name: str) -> None:
         try:
@@ -165,6 +166,13 @@ class OllamaModel(LoadedModel):
 
     def close(self) -> None:
         self._backend.unload(self.tag)
+
+
+def _expired(expires_at: str | None) -> bool:
+    try:
+        return datetime.fromisoformat(expires_at) <= datetime.now(timezone.utc)
+    except (TypeError, ValueError):
+        return False
 
 
 def _error_text(response: httpx.Response) -> str:

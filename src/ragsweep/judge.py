@@ -1,0 +1,200 @@
+"""Judge stage: RAGAS faithfulness, answer_relevancy, context_precision, context_recall per sample.
+
+Each (sample, metric) cell is judged once: cached by (judge identity, metric, exact inputs), so a
+re-run never pays twice and a changed judge never regenerates answers. A cell that still fails
+after the retries is NaN with a recorded cause (judge_errors.csv); failures are not cached, so
+the next run, or --retry-failed, tries them again. An Ollama judge follows the memory discipline:
+loaded once after all generation, unloaded and verified at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from .config import Settings
+from .errors import ConfigError, MissingPackageError
+from .judge_client import JudgeClient, JudgeSpec, Usage, classify, current_cell
+from .progress import bar
+from .run import RunContext
+
+STAGE = "judge"
+METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
+CALLS_PER_SAMPLE = "6 + k"  # faithfulness 2, answer_relevancy 3, context_precision k, context_recall 1
+
+
+@dataclass(frozen=True)
+class Cell:
+    embedding_model: str
+    llm: str
+    question_id: str
+    metric: str
+    inputs: dict
+    key: str
+
+
+def resolve_judge(settings: Settings, default_concurrency: int, environ: dict[str, str] | None = None) -> JudgeSpec | None:
+    """The judge to use, or None (with the reason left to the caller) when LLM metrics are off."""
+    environ = os.environ if environ is None else environ
+    model = settings.judge or ("gpt-4o-mini" if environ.get("OPENAI_API_KEY") else "none")
+    if model == "none":
+        return None
+    base_url = settings.judge_base_url
+    if model.startswith("ollama"):
+        base_url = base_url or settings.ollama_host
+    elif model.startswith("openai/") and not base_url and not environ.get("OPENAI_API_KEY"):
+        raise ConfigError(f"--judge {model}: an openai/ judge needs --judge-base-url (an OpenAI-compatible server) or OPENAI_API_KEY")
+    return JudgeSpec(
+        model=model,
+        embeddings=settings.judge_embeddings or _default_embeddings(model, settings),
+        base_url=base_url,
+        concurrency=settings.judge_concurrency or default_concurrency,
+        timeout_s=settings.judge_timeout_s,
+        retries=settings.judge_retries,
+        parse_retries=settings.judge_parse_retries,
+        max_tokens=settings.judge_max_tokens,
+        num_ctx=settings.judge_num_ctx if model.startswith("ollama") else None,
+    )
+
+
+def _default_embeddings(model: str, settings: Settings) -> str:
+    if model.startswith("ollama"):
+        dense = [name for name in settings.embeddings if name != "bm25"]
+        if settings.backend != "ollama" or not dense:
+            raise ConfigError(f"--judge {model}: answer_relevancy needs an embedding model on Ollama — pass --judge-embeddings ollama/NAME (e.g. ollama/nomic-embed-text)")
+        return f"ollama/{dense[0]}"
+    if model.startswith("openai/"):
+        return "openai/text-embedding-3-small"
+    return "text-embedding-3-small"
+
+
+def require_judge_packages() -> None:
+    import importlib.util
+
+    for module, requirement in (("ragas", "ragas==0.4.3"), ("litellm", "litellm==1.110.2")):
+        if importlib.util.find_spec(module) is None:
+            raise MissingPackageError("LLM judging (--judge)", requirement)
+
+
+def cells_for(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> list[Cell]:
+    """Every (answered sample, metric) cell of this run; with only_failed, those without a score."""
+    failed = {(j["embedding_model"], j["llm"], j["question_id"], j["metric"]) for j in ctx.store.judgements(ctx.run_id) if j["value"] is None}
+    contexts: dict[str, dict] = {}
+    cells = []
+    for sample in ctx.store.samples(ctx.run_id):
+        if sample["error"]:
+            continue  # no answer: nothing to judge (already a failed sample)
+        retriever = sample["embedding_model"]
+        if retriever not in contexts:
+            contexts[retriever] = ctx.store.retrievals(ctx.run_id, retriever)
+        retrieved = contexts[retriever][sample["question_id"]]["contexts"]
+        base = {"user_input": sample["question"], "response": sample["answer"], "retrieved_contexts": retrieved, "reference": sample["reference"]}
+        for metric in METRICS:
+            if only_failed and (retriever, sample["llm"], sample["question_id"], metric) not in failed:
+                continue
+            inputs = {k: v for k, v in base.items() if k in _FIELDS[metric]}
+            key = hashlib.sha256(f"{spec.identity}|{metric}|{json.dumps(inputs, sort_keys=True)}".encode()).hexdigest()
+            cells.append(Cell(retriever, sample["llm"], sample["question_id"], metric, inputs, key))
+    return cells
+
+
+_FIELDS = {
+    "faithfulness": {"user_input", "response", "retrieved_contexts"},
+    "answer_relevancy": {"user_input", "response"},
+    "context_precision": {"user_input", "reference", "retrieved_contexts"},
+    "context_recall": {"user_input", "retrieved_contexts", "reference"},
+}
+
+
+def judge(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> Usage:
+    """Judge every cell not cached; returns the usage of the calls made."""
+    ctx.log.event("stage_start", STAGE, spec.model)
+    todo = []
+    for cell in cells_for(ctx, spec, only_failed):
+        cached = None if ctx.settings.fresh else ctx.store.cached_judgement(cell.key)
+        if cached:
+            _record(ctx, cell, cached["value"], None, None, cached, cached_hit=True)
+        else:
+            todo.append(cell)
+    usage = Usage()
+    if todo:
+        with _resident_judge(ctx, spec):
+            asyncio.run(_judge_all(ctx, JudgeClient(spec), spec, todo, usage))
+    else:
+        ctx.log.event("model_skipped", STAGE, spec.model, reason="all judgements cached")
+    ctx.log.event("stage_end", STAGE, spec.model, cells=len(todo), calls=usage.calls, cost_usd=usage.cost_usd)
+    return usage
+
+
+async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo: list[Cell], usage: Usage) -> None:
+    metrics = client.metrics()
+    queue: asyncio.Queue[Cell] = asyncio.Queue()
+    for cell in todo:
+        queue.put_nowait(cell)
+    cap = ctx.settings.max_judge_cost
+    stopped = []
+
+    async def worker(progress) -> None:
+        while not queue.empty():
+            if cap is not None and (usage.cost_usd or 0.0) >= cap:
+                stopped.append(queue.qsize())
+                return
+            cell = queue.get_nowait()
+            cell_usage = Usage()
+            current_cell.set(cell_usage)  # this task's judge calls are counted here
+            try:
+                result = await asyncio.wait_for(metrics[cell.metric].ascore(**cell.inputs), timeout=_metric_timeout(spec, cell))
+                value, cause, message = _value(result.value)
+            except Exception as error:  # failures are data: NaN plus a recorded cause
+                value, cause, message = None, classify(error), f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+            usage.add(cell_usage)
+            _record(ctx, cell, value, cause, message, cell_usage.as_dict(), cached_hit=False)
+            if value is not None:
+                ctx.store.put_judge_cache(cell.key, spec.identity, cell.metric, value, cell_usage.as_dict())
+            progress.advance()
+
+    with bar(f"judge {spec.model}", len(todo), ctx.quiet) as progress:
+        # enough workers to keep the call cap busy (a metric makes up to 6 + k calls in sequence)
+        await asyncio.gather(*(worker(progress) for _ in range(max(1, spec.concurrency * 2))))
+    if stopped:
+        left = max(stopped)
+        ctx.note(f"judging stopped at ${usage.cost_usd:.4f}, the --max-judge-cost cap (${cap:.4f}): {left} cells not judged", STAGE)
+        ctx.log.event("judge_cost_cap", STAGE, spec.model, cost_usd=usage.cost_usd, cells_left=left)
+
+
+def _metric_timeout(spec: JudgeSpec, cell: Cell) -> float:
+    """Room for every sequential call of the metric, each with its retries."""
+    calls = {"faithfulness": 2, "answer_relevancy": 5, "context_precision": len(cell.inputs.get("retrieved_contexts", [])), "context_recall": 1}[cell.metric]
+    return spec.timeout_s * max(calls, 1) * (spec.retries + 1) * (spec.parse_retries + 1)
+
+
+def _value(value) -> tuple[float | None, str | None, str | None]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, "undefined", "the metric returned no score"
+    return float(value), None, None
+
+
+def _record(ctx: RunContext, cell: Cell, value, cause, message, usage: dict, cached_hit: bool) -> None:
+    ctx.store.put_judgement(ctx.run_id, cell.embedding_model, cell.llm, cell.question_id, cell.metric, {
+        "value": value, "cause": cause, "message": message, "cached": int(cached_hit),
+        "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"), "cost_usd": usage.get("cost_usd"),
+    })  # fmt: skip
+
+
+def _resident_judge(ctx: RunContext, spec: JudgeSpec):
+    """A judge on Ollama is a model like the others: clean state, load once, unload, verify."""
+    if not spec.model.startswith("ollama"):
+        return nullcontext()
+    from .backends.base import GenerationOptions
+    from .backends.ollama import OllamaBackend
+    from .lifecycle import resident_model
+
+    backend = ctx.backend if getattr(ctx.backend, "host", None) == spec.base_url else OllamaBackend(spec.base_url)
+    info = backend.describe(spec.model.split("/", 1)[1], "llm")
+    options = GenerationOptions(max_tokens=spec.max_tokens, temperature=0.01, seed=0, num_ctx=spec.num_ctx or 8192)
+    return resident_model(backend, info, STAGE, ctx.log, options)

@@ -1,0 +1,169 @@
+"""The judge LLM as RAGAS sees it: LiteLLM behind one completion function that is bounded, retried and accounted.
+
+RAGAS 0.4's metric collections have no concurrency limit, no HTTP retries and no usage hook that
+works with llm_factory judges (../shared/reference/ragas-litellm-facts.md), so every judge call
+goes through `JudgeClient.complete`: at most `concurrency` calls in flight, exponential backoff
+with jitter on 429 (honouring Retry-After), 5xx, timeouts and connection errors, and tokens and
+cost added to the metric cell that made the call. ragas and litellm are imported lazily (seconds each).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+CAUSES = ("timeout", "rate_limit", "server_error", "parse_error", "undefined")
+TEMPERATURE, TOP_P = 0.01, 0.1  # ragas's deterministic defaults, part of the judge's identity
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    model: str  # LiteLLM name: gpt-4o-mini, ollama_chat/NAME, openai/NAME
+    embeddings: str  # LiteLLM embedding model for answer_relevancy
+    base_url: str | None  # api_base for openai/ and ollama_chat/ judges
+    concurrency: int  # judge calls in flight, at most
+    timeout_s: float  # per call
+    retries: int  # HTTP retries per call (429, 5xx, timeout, connection)
+    parse_retries: int  # re-asks when the judge's JSON does not parse
+    max_tokens: int  # small judges need >= 2048 or they stop mid-JSON
+    num_ctx: int | None = None  # for an Ollama judge: its prompts are 1.7-5.8 k characters before contexts
+
+    @property
+    def identity(self) -> str:
+        """What makes two judgements comparable: part of every judge cache key."""
+        return json.dumps({"model": self.model, "embeddings": self.embeddings, "base_url": self.base_url, "max_tokens": self.max_tokens,
+                           "temperature": TEMPERATURE, "top_p": TOP_P, "num_ctx": self.num_ctx}, sort_keys=True)  # fmt: skip
+
+
+@dataclass
+class Usage:
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None  # None: LiteLLM does not know this model's price
+
+    def add(self, other: "Usage") -> None:
+        self.calls += other.calls
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        if other.cost_usd is not None:
+            self.cost_usd = (self.cost_usd or 0.0) + other.cost_usd
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+current_cell: contextvars.ContextVar[Usage] = contextvars.ContextVar("current_cell")  # set per metric cell task
+
+
+@dataclass
+class JudgeClient:
+    spec: JudgeSpec
+    in_flight: int = 0
+    max_in_flight: int = 0
+    _semaphore: asyncio.Semaphore | None = field(default=None, repr=False)
+
+    def _gate(self) -> asyncio.Semaphore:
+        if self._semaphore is None:  # created inside the running loop
+            self._semaphore = asyncio.Semaphore(self.spec.concurrency)
+        return self._semaphore
+
+    async def complete(self, **kwargs: Any) -> Any:
+        """The `client` instructor calls: one bounded, retried, accounted litellm.acompletion."""
+        import litellm
+
+        response = await self._bounded(litellm.acompletion, **kwargs)
+        usage = getattr(response, "usage", None)
+        try:
+            cost = litellm.completion_cost(completion_response=response)
+        except Exception:  # unknown model price: cost stays unknown, not zero
+            cost = None
+        cell = current_cell.get(None)
+        if cell is not None:
+            cell.add(Usage(1, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0, cost))
+        return response
+
+    async def _bounded(self, call, *args: Any, **kwargs: Any) -> Any:
+        retrying = AsyncRetrying(retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(self.spec.retries + 1), wait=_wait_retry_after, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                async with self._gate():
+                    self.in_flight += 1
+                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                    try:
+                        return await call(*args, **kwargs)
+                    finally:
+                        self.in_flight -= 1
+
+    def metrics(self) -> dict[str, Any]:
+        """The four RAGAS metrics, each bound to this client (built once, called per sample)."""
+        from ragas.embeddings import LiteLLMEmbeddings
+        from ragas.llms import llm_factory
+        from ragas.metrics.collections import AnswerRelevancy, ContextPrecision, ContextRecall, Faithfulness
+
+        spec = self.spec
+        extra = {"api_base": spec.base_url} if spec.base_url else {}
+        if spec.base_url and spec.model.startswith("openai/"):
+            extra["api_key"] = os.environ.get("OPENAI_API_KEY") or "not-needed"  # local OpenAI-compatible servers ignore it
+        if spec.model.startswith("ollama"):
+            extra.update(num_ctx=spec.num_ctx, keep_alive="30m")
+        llm = llm_factory(spec.model, provider="litellm", client=self.complete, adapter="instructor", max_tokens=spec.max_tokens,
+                          temperature=TEMPERATURE, top_p=TOP_P, max_retries=spec.parse_retries + 1, num_retries=0, timeout=spec.timeout_s, **extra)  # fmt: skip
+        client = self
+
+        class BoundedEmbeddings(LiteLLMEmbeddings):
+            async def aembed_text(self, text: str, **kwargs: Any):
+                return await client._bounded(super().aembed_text, text, **kwargs)
+
+            async def aembed_texts(self, texts: list[str], **kwargs: Any):
+                return await client._bounded(super().aembed_texts, texts, **kwargs)
+
+        embedding_extra = {k: v for k, v in extra.items() if k in {"api_base", "api_key"}}
+        embeddings = BoundedEmbeddings(model=spec.embeddings, timeout=int(spec.timeout_s), max_retries=0, **embedding_extra)
+        return {
+            "faithfulness": Faithfulness(llm=llm),
+            "answer_relevancy": AnswerRelevancy(llm=llm, embeddings=embeddings),
+            "context_precision": ContextPrecision(llm=llm),
+            "context_recall": ContextRecall(llm=llm),
+        }
+
+
+def classify(error: BaseException) -> str:
+    """One of CAUSES for a metric that failed, from the error and what caused it."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__ or error.__context__ or getattr(error, "last_exception", None)
+    for item in chain:
+        name = type(item).__name__
+        status = getattr(item, "status_code", None)
+        if isinstance(item, (asyncio.TimeoutError, TimeoutError)) or name in {"Timeout", "APITimeoutError"}:
+            return "timeout"
+        if name == "RateLimitError" or status == 429:
+            return "rate_limit"
+        if (isinstance(status, int) and status >= 500) or name in {"InternalServerError", "ServiceUnavailableError", "APIConnectionError"}:
+            return "server_error"
+    if any(type(item).__name__ in {"InstructorRetryException", "ValidationError", "JSONDecodeError", "IncompleteOutputException"} for item in chain):
+        return "parse_error"
+    return "undefined"
+
+
+def _is_retryable(error: BaseException) -> bool:
+    return classify(error) in {"timeout", "rate_limit", "server_error"}
+
+
+def _wait_retry_after(retry_state) -> float:
+    """Retry-After when the server sends one (capped at 60 s), else exponential backoff with jitter."""
+    error = retry_state.outcome.exception() if retry_state.outcome else None
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    try:
+        return min(float(headers.get("retry-after")), 60.0)
+    except (TypeError, ValueError):
+        return wait_exponential_jitter(initial=0.5, max=20.0)(retry_state)

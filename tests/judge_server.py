@@ -1,0 +1,181 @@
+"""A test-owned OpenAI-compatible judge: a real HTTP server on 127.0.0.1.
+
+POST /v1/chat/completions answers with JSON that is valid against the schema the client put in
+its prompt (instructor's JSON mode), so every RAGAS metric can parse it; POST /v1/embeddings
+returns deterministic vectors with positive components. Faults are injectable: 429 with
+Retry-After, 500, garbage (non-JSON) content, added latency. It counts requests and the most
+that were ever in flight at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class JudgeFaults:
+    rate_limit_every: int = 0  # every Nth chat request answers 429 (Retry-After: 0)
+    server_error_every: int = 0  # every Nth chat request answers 500
+    garbage_every: int = 0  # every Nth chat request answers text that is not JSON
+    always: str | None = None  # "rate_limit" | "server_error" | "garbage" for every chat request
+    latency_s: float = 0.0
+
+
+@dataclass
+class JudgeState:
+    chat_requests: int = 0
+    embedding_requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    statuses: Counter = field(default_factory=Counter)
+
+
+class JudgeServer:
+    def __init__(self, faults: JudgeFaults | None = None):
+        self.faults = faults or JudgeFaults()
+        self.state = JudgeState()
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> "JudgeServer":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def fault_for(self, n: int) -> str | None:
+        f = self.faults
+        if f.always:
+            return f.always
+        for kind, every in (("rate_limit", f.rate_limit_every), ("server_error", f.server_error_every), ("garbage", f.garbage_every)):
+            if every and n % every == 0:
+                return kind
+        return None
+
+
+def instance_of(schema: dict[str, Any], defs: dict[str, Any], name: str = "") -> Any:
+    """A small valid instance of a JSON schema: verdicts 1, 'noncommittal' 0, one item per list."""
+    if "$ref" in schema:
+        return instance_of(defs[schema["$ref"].split("/")[-1]], defs, name)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            return instance_of(schema[key][0], defs, name)
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        return {prop: instance_of(sub, defs, prop) for prop, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [instance_of(schema.get("items", {"type": "string"}), defs, name)]
+    if kind == "integer":
+        return 0 if name == "noncommittal" else 1
+    if kind == "number":
+        return 1.0
+    if kind == "boolean":
+        return True
+    return f"the {name or 'text'} as the judge sees it"
+
+
+def _schema_in(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for message in messages:
+        content = message.get("content")
+        text = content if isinstance(content, str) else json.dumps(content)
+        start = text.find("{")
+        while start != -1:
+            try:
+                candidate, _ = json.JSONDecoder().raw_decode(text[start:])
+                if isinstance(candidate, dict) and ("properties" in candidate or "$defs" in candidate):
+                    return candidate
+            except json.JSONDecodeError:
+                pass
+            start = text.find("{", start + 1)
+    return None
+
+
+def _vector(text: str, dims: int = 64) -> list[float]:
+    vector = [0.1] * dims  # positive components: cosine similarities stay in (0, 1]
+    for word in re.findall(r"\w+", text.lower()):
+        vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % dims] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector]
+
+
+def _handler_for(server: JudgeServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            with server.lock:
+                server.state.in_flight += 1
+                server.state.max_in_flight = max(server.state.max_in_flight, server.state.in_flight)
+            try:
+                if server.faults.latency_s:
+                    time.sleep(server.faults.latency_s)
+                if self.path.endswith("/embeddings"):
+                    return self._embeddings(body)
+                if self.path.endswith("/chat/completions"):
+                    return self._chat(body)
+                self._send(404, {"error": {"message": "not found"}})
+            finally:
+                with server.lock:
+                    server.state.in_flight -= 1
+
+        def _chat(self, body):
+            with server.lock:
+                server.state.chat_requests += 1
+                n = server.state.chat_requests
+            fault = server.fault_for(n)
+            if fault == "rate_limit":
+                return self._send(429, {"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}}, {"Retry-After": "0"})
+            if fault == "server_error":
+                return self._send(500, {"error": {"message": "The server had an error while processing your request.", "type": "server_error"}})
+            schema = _schema_in(body.get("messages", []))
+            if fault == "garbage" or schema is None:
+                content = "I think the answer is mostly fine, but I cannot say more."
+            else:
+                content = json.dumps(instance_of(schema, schema.get("$defs", {})))
+            prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+            self._send(200, {
+                "id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()), "model": body.get("model", "judge"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()), "total_tokens": prompt_tokens + len(content.split())},
+            })  # fmt: skip
+
+        def _embeddings(self, body):
+            with server.lock:
+                server.state.embedding_requests += 1
+            inputs = body.get("input", [])
+            inputs = [inputs] if isinstance(inputs, str) else inputs
+            data = [{"object": "embedding", "index": i, "embedding": _vector(str(text))} for i, text in enumerate(inputs)]
+            tokens = sum(len(str(t).split()) for t in inputs)
+            self._send(200, {"object": "list", "data": data, "model": body.get("model", "embed"), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+        def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None):
+            with server.lock:
+                server.state.statuses[status] += 1
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler

@@ -1,0 +1,217 @@
+"""RAGAS judging through LiteLLM against a test-owned OpenAI-compatible judge server."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from judge_server import JudgeFaults, JudgeServer
+from ollama_emulator import OllamaEmulator
+from ragsweep.judge_client import classify
+
+METRICS = ["faithfulness", "answer_relevancy", "context_precision", "context_recall"]
+SECRET = "sk-test-" + "A" * 24  # must never reach logs or results
+
+
+def run(emu, judge, results: Path, *extra, config: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emu.url, OPENAI_API_KEY=SECRET)
+    args = [sys.executable, str(REPO / "src" / "benchmark.py"), "--backend", "ollama", "--ollama-host", emu.url, "--llms", "llama3.2:3b,qwen2.5:7b",
+            "--embeddings", "nomic-embed-text", "--limit", "3", "--results-dir", str(results), "--quiet",
+            "--judge", "openai/gpt-4o-mini", "--judge-base-url", f"{judge.url}/v1", "--judge-embeddings", "openai/embed", *extra]  # fmt: skip
+    if config:
+        args += ["--config", str(config)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+
+
+def latest(results: Path) -> Path:
+    return max(p for p in results.iterdir() if p.is_dir())
+
+
+def rows(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.open())) if path.exists() else []
+
+
+@pytest.fixture
+def emulator():
+    with OllamaEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def strict(tmp_path) -> Path:
+    """No retries: one fault fails its cell, so causes map one to one."""
+    path = tmp_path / "strict.yaml"
+    path.write_text(f"judge_retries: 0\njudge_parse_retries: 0\ncorpus: {REPO / 'data/demo/corpus.jsonl'}\ntestset: {REPO / 'data/demo/testset.jsonl'}\n")
+    return path
+
+
+def test_clean_judge_scores_every_sample_in_range_and_a_second_run_is_free(emulator, tmp_path):
+    with JudgeServer() as judge:
+        first = run(emulator, judge, tmp_path)
+        assert first.returncode == 0, first.stderr
+        samples = rows(latest(tmp_path) / "samples.csv")
+        assert len(samples) == 6
+        for sample in samples:
+            for metric in METRICS:
+                assert 0.0 <= float(sample[metric]) <= 1.0, (metric, sample[metric])
+        assert rows(latest(tmp_path) / "judge_errors.csv") == []
+        calls = judge.state.chat_requests
+        assert calls == 6 * (6 + 3)  # 6 + k judge calls per sample (k = 3)
+        second = run(emulator, judge, tmp_path)
+        assert second.returncode == 0 and judge.state.chat_requests == calls  # all cells cached: zero calls
+    report = (latest(tmp_path) / "report.md").read_text()
+    assert "## Judge (openai/gpt-4o-mini)" in report and "Failed cells by cause: none" in report
+
+
+@pytest.mark.parametrize("fault, cause", [("rate_limit", "rate_limit"), ("server_error", "server_error"), ("garbage", "parse_error")])
+def test_each_fault_becomes_nan_with_its_cause(emulator, tmp_path, strict, fault, cause):
+    with JudgeServer(JudgeFaults(always=fault)) as judge:
+        result = run(emulator, judge, tmp_path, config=strict)
+    assert result.returncode == 1 and "6/6 samples answered" in result.stdout  # the run finishes
+    run_dir = latest(tmp_path)
+    errors = rows(run_dir / "judge_errors.csv")
+    assert len(errors) == 6 * 4 and {e["cause"] for e in errors} == {cause}
+    assert set(errors[0]) == {"question_id", "embedding_model", "llm", "metric", "cause", "message"}
+    samples = rows(run_dir / "samples.csv")
+    assert all(s[m] == "" for s in samples for m in METRICS)  # NaN is an empty cell, never a made-up score
+    summary = rows(run_dir / "summary.csv")
+    assert all(float(row["faithfulness_nan_rate"]) == 1.0 for row in summary)
+
+
+def test_mixed_faults_with_retries_finish_and_nan_cells_equal_error_rows(emulator, tmp_path):
+    faults = JudgeFaults(rate_limit_every=4, server_error_every=5, garbage_every=7)
+    with JudgeServer(faults) as judge:
+        result = run(emulator, judge, tmp_path)
+        assert 429 in judge.state.statuses and 500 in judge.state.statuses
+    assert result.returncode in (0, 1), result.stderr
+    run_dir = latest(tmp_path)
+    nan_cells = sum(1 for s in rows(run_dir / "samples.csv") for m in METRICS if s[m] == "")
+    assert nan_cells == len(rows(run_dir / "judge_errors.csv"))
+    scored = [float(s[m]) for s in rows(run_dir / "samples.csv") for m in METRICS if s[m] != ""]
+    assert len(scored) >= 12 and all(0.0 <= v <= 1.0 for v in scored)  # retries recovered most cells
+
+
+@pytest.mark.parametrize("cap", [1, 3])
+def test_in_flight_calls_never_exceed_the_cap(emulator, tmp_path, cap):
+    with JudgeServer(JudgeFaults(latency_s=0.03)) as judge:
+        result = run(emulator, judge, tmp_path, "--judge-concurrency", str(cap))
+        assert result.returncode == 0, result.stderr
+        assert judge.state.max_in_flight <= cap
+        if cap > 1:
+            assert judge.state.max_in_flight > 1  # the cap is used, not just respected
+
+
+def test_retry_failed_rejudges_only_the_failed_cells(emulator, tmp_path, strict):
+    with JudgeServer(JudgeFaults(garbage_every=3)) as judge:
+        first = run(emulator, judge, tmp_path, config=strict)
+        assert first.returncode == 1
+        failed = len(rows(latest(tmp_path) / "judge_errors.csv"))
+        assert 0 < failed < 24
+        judge.faults.garbage_every = 0
+        before = judge.state.chat_requests
+        retry = run(emulator, judge, tmp_path, "--retry-failed", config=strict)
+        assert retry.returncode == 0, retry.stderr
+        made = judge.state.chat_requests - before
+    assert rows(latest(tmp_path) / "judge_errors.csv") == []
+    assert 0 < made < 24 * 2  # only the failed cells, not all 24
+    assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1  # in place: no new run
+
+
+def test_max_judge_cost_stops_judging_cleanly(emulator, tmp_path):
+    with JudgeServer() as judge:
+        result = run(emulator, judge, tmp_path, "--max-judge-cost", "0.0000001", "--judge-concurrency", "1")
+    assert result.returncode == 0, result.stderr
+    report = (latest(tmp_path) / "report.md").read_text()
+    assert "the --max-judge-cost cap ($0.0000)" in report and "cells not judged" in report
+    judged = [s for s in rows(latest(tmp_path) / "samples.csv") if s["faithfulness"] or s["answer_relevancy"]]
+    assert 0 < len(judged) < 6
+
+
+def test_no_secret_reaches_logs_or_results(emulator, tmp_path):
+    with JudgeServer() as judge:
+        assert run(emulator, judge, tmp_path).returncode == 0
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix != ".sqlite":
+            assert SECRET not in path.read_text(errors="ignore"), path
+    assert SECRET.encode() not in (tmp_path / "ragsweep.sqlite").read_bytes()
+
+
+def test_no_network_other_than_the_configured_judge(emulator, tmp_path, monkeypatch, capsys):
+    """In-process, every socket connect is recorded: only the emulator and the judge, on loopback."""
+    import benchmark
+
+    connects = []
+    recording = {"on": True}
+
+    def audit(event, args):
+        if event == "socket.connect" and recording["on"]:
+            connects.append(args[1])
+
+    sys.addaudithook(audit)
+    monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "fake_gpu"))
+    with JudgeServer() as judge:
+        code = benchmark.main(["--backend", "ollama", "--ollama-host", emulator.url, "--llms", "llama3.2:3b", "--embeddings", "all-minilm", "--limit", "2",
+                               "--results-dir", str(tmp_path), "--quiet", "--judge", "openai/judge", "--judge-base-url", f"{judge.url}/v1", "--judge-embeddings", "openai/embed"])  # fmt: skip
+    recording["on"] = False
+    assert code == 0, capsys.readouterr().err
+    hosts = {address[0] if isinstance(address, tuple) else address for address in connects}
+    assert hosts == {"127.0.0.1"}, hosts
+    ports = {address[1] for address in connects if isinstance(address, tuple)}
+    assert ports <= {int(emulator.url.rsplit(":", 1)[1]), int(judge.url.rsplit(":", 1)[1])}
+
+
+def test_without_a_judge_the_run_says_how_to_enable_one(emulator, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emulator.url)
+    result = subprocess.run([sys.executable, str(REPO / "src" / "benchmark.py"), "--backend", "ollama", "--ollama-host", emulator.url, "--llms", "llama3.2:3b",
+                             "--embeddings", "bm25", "--limit", "1", "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "LLM-judged metrics (RAGAS) skipped — no judge: set OPENAI_API_KEY for gpt-4o-mini" in result.stdout
+    assert not (latest(tmp_path) / "judge_errors.csv").exists()
+
+
+def test_classify_maps_errors_to_causes():
+    import asyncio
+
+    class RateLimitError(Exception):
+        status_code = 429
+
+    class InstructorRetryException(Exception):
+        pass
+
+    assert classify(asyncio.TimeoutError()) == "timeout"
+    assert classify(RateLimitError()) == "rate_limit"
+    wrapped = InstructorRetryException("gave up")
+    wrapped.__cause__ = RateLimitError()
+    assert classify(wrapped) == "rate_limit"  # the HTTP cause wins over the wrapper
+    assert classify(InstructorRetryException("bad json")) == "parse_error"
+    assert classify(ValueError("?")) == "undefined"
+
+
+def test_a_local_ollama_judge_is_loaded_once_after_generation_and_unloaded(emulator, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emulator.url)
+    args = [sys.executable, str(REPO / "src" / "benchmark.py"), "--backend", "ollama", "--ollama-host", emulator.url, "--llms", "llama3.2:3b",
+            "--embeddings", "nomic-embed-text", "--limit", "2", "--results-dir", str(tmp_path), "--quiet", "--judge", "ollama_chat/qwen2.5:7b"]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert emulator.state.loads["qwen2.5:7b"] == 1  # LiteLLM's calls send the preload's num_ctx: no reload
+    assert emulator.state.oom_errors == 0 and emulator.state.peak_device_used <= 10 * 10**9
+    run_dir = latest(tmp_path)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    judge_events = [(e["event"], e["model"]) for e in events if e["stage"] == "judge" and e["event"] in {"model_load", "model_unload", "unload_verified"}]
+    assert [event for event in judge_events if event[1] == "qwen2.5:7b"] == [("model_load", "qwen2.5:7b"), ("model_unload", "qwen2.5:7b"), ("unload_verified", "qwen2.5:7b")]
+    # answer_relevancy's embedding calls bring the embedding model in beside the judge; the clean-up takes it out
+    assert ("model_unload", "nomic-embed-text:latest") in judge_events
+    assert emulator.state.runners == {} or all(r.stopping_since is not None for r in emulator.state.runners.values())
+    last_generation = max(i for i, e in enumerate(events) if e["stage"] == "generate")
+    assert all(i > last_generation for i, e in enumerate(events) if e["stage"] == "judge")
+    samples = rows(run_dir / "samples.csv")
+    assert all(0.0 <= float(s[m]) <= 1.0 for s in samples for m in METRICS)
