@@ -98,7 +98,7 @@ def run(settings: Settings, args: argparse.Namespace, out: Console) -> int:
     judge_spec = resolve_judge(settings, platform.judge_concurrency)
     if judge_spec:
         require_judge_packages()
-    backend = get_backend(settings.backend, platform.device, settings.ollama_host)
+    backend = get_backend(settings.backend, platform.device, settings.ollama_host, settings.watchdog_s, settings.backend_retry_s)
     store = Store(settings.results_dir / "ragsweep.sqlite")
     if args.retry_failed:
         return _retry_failed(settings, platform, backend, store, judge_spec, args, out)
@@ -112,12 +112,17 @@ def run(settings: Settings, args: argparse.Namespace, out: Console) -> int:
         ctx = _open_run(run_id, settings, platform, backend, store, args.quiet)
         store.start_run(run_id, settings.public_dict(), plan.as_dict(), platform.as_dict())
         store.add_questions(run_id, questions)
+        ctx.failure_budget = _failure_budget(settings.max_failures, plan.samples)
         timings: dict[str, float] = {}
         try:
             exit_code = _sweep(ctx, plan, chunks, questions, timings)
         except (KeyboardInterrupt, Interrupted) as stop:
             exit_code = getattr(stop, "exit_code", errors.EXIT_SIGINT)
             ctx.note("run interrupted: the remaining work was not done")
+        except (errors.BackendUnavailableError, errors.FailureBudgetExceededError) as stop:
+            exit_code = stop.exit_code
+            ctx.note(f"run stopped: {stop}")
+            ctx.log.event("run_stopped", None, None, message=str(stop))
         summary, status = _close_run(ctx, plan, timings, exit_code)
     _print_outcome(ctx, summary, timings, status, exit_code, args.quiet, out)
     return exit_code
@@ -187,6 +192,13 @@ def _retry_failed(settings, platform, backend, store: Store, judge_spec, args, o
     return exit_code
 
 
+def _failure_budget(max_failures: float | None, samples: int) -> int | None:
+    """--max-failures: a count (>= 1) or a share of the planned samples (< 1)."""
+    if max_failures is None:
+        return None
+    return max(1, round(max_failures * samples)) if max_failures < 1 else int(max_failures)
+
+
 def _open_run(run_id: str, settings: Settings, platform, backend, store: Store, quiet: bool) -> RunContext:
     run_dir = settings.results_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -194,14 +206,22 @@ def _open_run(run_id: str, settings: Settings, platform, backend, store: Store, 
     backend.log_path = run_dir / "models.log"
     store.mark_abandoned_runs()  # we hold the lock: any run still "running" was killed
     _handle_sigterm()
-    return RunContext(run_id, run_dir, settings, platform, backend, store, RunLog(run_id, run_dir, store, platform), quiet=quiet)
+    runlog = RunLog(run_id, run_dir, store, platform)
+    if hasattr(backend, "on_retry"):
+        backend.on_retry = lambda cause, message, attempt: runlog.event("retry", None, None, cause=cause, attempt=attempt, message=message)
+    return RunContext(run_id, run_dir, settings, platform, backend, store, runlog, quiet=quiet)
 
 
 def _close_run(ctx: RunContext, plan: Plan, timings: dict[str, float], exit_code: int) -> tuple[list[dict], str]:
     """Never leave a model resident; write the exports of what is done, whatever happened."""
-    for info in ctx.backend.loaded():
-        ctx.backend.unload(info.name)
-    status = {errors.EXIT_OK: "done", errors.EXIT_FAILURES: "finished with failures"}.get(exit_code, "interrupted")
+    try:
+        for info in ctx.backend.loaded():
+            ctx.backend.unload(info.name)
+    except RagsweepError as error:  # the backend itself is gone: nothing of ours is resident there to free
+        ctx.log.event("cleanup_failed", None, None, message=str(error))
+    status = {errors.EXIT_OK: "done", errors.EXIT_FAILURES: "finished with failures", errors.EXIT_BACKEND: "stopped: backend unreachable"}.get(exit_code, "interrupted")
+    if exit_code == errors.EXIT_FAILURES and any(e["event"] == "run_stopped" for e in ctx.store.events(ctx.run_id)):
+        status = "stopped: failure budget"
     summary = write_exports(ctx.store, ctx.run_id, ctx.run_dir)
     _write_run_json(ctx, plan, timings, status, exit_code)
     ctx.store.finish_run(ctx.run_id, status, exit_code)
@@ -248,7 +268,7 @@ def _print_outcome(ctx: RunContext, summary, timings, status: str, exit_code: in
         print_summary(summary, out)
         for note in ctx.notes:
             out.print(f"note: {note}")
-    if exit_code in (errors.EXIT_SIGINT, errors.EXIT_SIGTERM):
+    if exit_code in (errors.EXIT_SIGINT, errors.EXIT_SIGTERM, errors.EXIT_BACKEND) or status.startswith("stopped"):
         line += " — run the same command again to resume (finished work is reused)"
     print(line)
 

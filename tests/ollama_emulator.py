@@ -57,6 +57,7 @@ class ModelCard:
     quantization: str
     context_length: int
     dims: int = 0
+    block_count: int = 28  # layers: num_gpu N puts N of them on the GPU
 
     @property
     def digest(self) -> str:
@@ -66,21 +67,23 @@ class ModelCard:
         """Ollama's pre-flight guess: file size + KV."""
         return self.disk_bytes + int(self.kv_per_4096 * num_ctx / 4096)
 
-    def allocation(self, num_ctx: int) -> int:
-        """What the runner really takes: the observed /api/ps size (scaled KV) + CUDA context."""
-        return self.vram_bytes + int(self.kv_per_4096 * (num_ctx / 4096 - 1)) + CUDA_CONTEXT
+    def allocation(self, num_ctx: int, num_gpu: int | None = None) -> tuple[int, int]:
+        """(bytes on the GPU incl. the CUDA context, bytes in system RAM): the observed /api/ps size, KV scaled."""
+        total = self.vram_bytes + int(self.kv_per_4096 * (num_ctx / 4096 - 1))
+        share = 1.0 if num_gpu is None or num_gpu < 0 else min(num_gpu, self.block_count) / self.block_count
+        return int(total * share) + CUDA_CONTEXT, total - int(total * share)
 
 
 # Sizes from the facts file (section 5), rounded as the issue suggests.
 CATALOGUE = {
     card.name: card
     for card in [
-        ModelCard("all-minilm:latest", "bert", "embedding", 46 * 10**6, int(0.1 * GB), 0, "23M", "F16", 256, 384),
-        ModelCard("nomic-embed-text:latest", "nomic-bert", "embedding", 274 * 10**6, int(0.6 * GB), 0, "137M", "F16", 2048, 768),
-        ModelCard("bge-m3:latest", "bert", "embedding", int(1.2 * GB), int(1.6 * GB), 0, "567M", "F16", 8192, 1024),
-        ModelCard("llama3.2:3b", "llama", "completion", int(2.0 * GB), int(3.4 * GB), 448 * MIB, "3.2B", "Q4_K_M", 131072),
-        ModelCard("qwen2.5:7b", "qwen2", "completion", int(4.7 * GB), int(5.6 * GB), 224 * MIB, "7.6B", "Q4_K_M", 32768),
-        ModelCard("mistral:7b", "llama", "completion", int(4.1 * GB), int(5.6 * GB), 512 * MIB, "7.2B", "Q4_0", 32768),
+        ModelCard("all-minilm:latest", "bert", "embedding", 46 * 10**6, int(0.1 * GB), 0, "23M", "F16", 256, 384, 6),
+        ModelCard("nomic-embed-text:latest", "nomic-bert", "embedding", 274 * 10**6, int(0.6 * GB), 0, "137M", "F16", 2048, 768, 12),
+        ModelCard("bge-m3:latest", "bert", "embedding", int(1.2 * GB), int(1.6 * GB), 0, "567M", "F16", 8192, 1024, 24),
+        ModelCard("llama3.2:3b", "llama", "completion", int(2.0 * GB), int(3.4 * GB), 448 * MIB, "3.2B", "Q4_K_M", 131072, 0, 28),
+        ModelCard("qwen2.5:7b", "qwen2", "completion", int(4.7 * GB), int(5.6 * GB), 224 * MIB, "7.6B", "Q4_K_M", 32768, 0, 28),
+        ModelCard("mistral:7b", "llama", "completion", int(4.1 * GB), int(5.6 * GB), 512 * MIB, "7.2B", "Q4_0", 32768, 0, 32),
     ]
 }
 
@@ -95,8 +98,10 @@ class Runner:
     card: ModelCard
     num_ctx: int
     keep_alive: float
-    allocated: int
+    allocated: int  # on the GPU
     pid: int
+    in_ram: int = 0  # the layers left on the CPU (partial offload)
+    num_gpu: int | None = None
     expires_at: float = 0.0  # monotonic
     refcount: int = 0
     stopping_since: float | None = None
@@ -107,11 +112,15 @@ class Fault:
     """Answer the next `count` matching requests with an error instead of serving them."""
 
     path: str  # e.g. "/api/chat"
-    status: int
-    message: str
+    status: int = 500
+    message: str = ""
     count: int = 1
     model: str | None = None
     mid_stream: bool = False  # 200 with a trailing {"error"} line and no done chunk
+    kind: str = "error"  # error | reset (connection closed, no answer) | hang (answers after hang_s) | leftover (another client loads `leftover`, then OOM)
+    hang_s: float = 0.0
+    leftover: str | None = None
+    when: str = "any"  # any | load (empty prompt/messages/input) | work (a real request)
 
 
 @dataclass
@@ -119,6 +128,8 @@ class EmulatorState:
     total_vram: int
     linger_s: float
     vram_lag_s: float
+    system_ram: int = 64 * 1024**3  # for the layers a partial offload leaves on the CPU
+    foreign_bytes: int = 0  # VRAM held by another process (a desktop, another job)
     max_loaded: int = 3
     runners: dict[str, Runner] = field(default_factory=dict)
     freeing: list[tuple[float, int]] = field(default_factory=list)  # (release at, bytes)
@@ -134,12 +145,13 @@ class EmulatorState:
 
 
 class OllamaEmulator:
-    def __init__(self, total_vram: int = 12 * 1024**3, linger_s: float = 0.15, vram_lag_s: float = 0.3, call_s: float = 0.002, version: str = "0.13.5"):
-        self.state = EmulatorState(total_vram, linger_s, vram_lag_s)
+    def __init__(self, total_vram: int = 12 * 1024**3, linger_s: float = 0.15, vram_lag_s: float = 0.3, call_s: float = 0.002, version: str = "0.13.5",
+                 system_ram: int = 64 * 1024**3, foreign_bytes: int = 0, port: int = 0):  # fmt: skip
+        self.state = EmulatorState(total_vram, linger_s, vram_lag_s, system_ram, foreign_bytes)
         self.call_s = call_s  # time "inside the model" per request
         self.version = version
         self.lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._stop = threading.Event()
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -165,13 +177,15 @@ class OllamaEmulator:
     def device_used(self) -> int:
         now = time.monotonic()
         with self.lock:
-            return sum(r.allocated for r in self.state.runners.values()) + sum(b for t, b in self.state.freeing if t > now)
+            return self.state.foreign_bytes + sum(r.allocated for r in self.state.runners.values()) + sum(b for t, b in self.state.freeing if t > now)
 
     def device(self) -> dict[str, Any]:
         with self.lock:
             used = self.device_used()
             processes = [{"pid": r.pid, "used": r.allocated, "name": "ollama"} for r in self.state.runners.values()]
-            return {"total": self.state.total_vram, "used": used, "free": self.state.total_vram - used, "processes": processes, "name": "Emulated GPU 12GB"}
+            if self.state.foreign_bytes:
+                processes.append({"pid": 4242, "used": self.state.foreign_bytes, "name": "Xorg"})
+            return {"total": self.state.total_vram, "used": used, "free": self.state.total_vram - used, "processes": processes, "name": f"Emulated GPU {self.state.total_vram / 1024**3:.0f} GiB"}
 
     def wait_idle(self, timeout_s: float = 10.0) -> None:
         """Until no request is being served (a killed client's last request still runs to its end)."""
@@ -203,12 +217,12 @@ class OllamaEmulator:
                 runner.expires_at = time.monotonic()
                 runner.stopping_since = time.monotonic()
 
-    def acquire(self, card: ModelCard, num_ctx: int, keep_alive: float | None) -> Runner:
+    def acquire(self, card: ModelCard, num_ctx: int, keep_alive: float | None, num_gpu: int | None = None) -> Runner:
         """Find or load a runner for the model; refcount + 1. Raises HTTPError 500 on OOM."""
         while True:
             with self.lock:
                 runner = self.state.runners.get(card.name)
-                if runner and runner.stopping_since is None and runner.num_ctx == num_ctx:
+                if runner and runner.stopping_since is None and runner.num_ctx == num_ctx and runner.num_gpu == num_gpu:
                     runner.refcount += 1
                     if keep_alive is not None:
                         runner.keep_alive = keep_alive  # sticky: only a request that sets it changes it
@@ -218,7 +232,7 @@ class OllamaEmulator:
                 if card.name not in self.state.runners:
                     victim = self._victim_for(card, num_ctx)
                     if victim is None:
-                        return self._load(card, num_ctx, keep_alive)
+                        return self._load(card, num_ctx, keep_alive, num_gpu)
                     if victim != WAIT:
                         self._expire(victim)
                         self.state.evictions += 1
@@ -241,13 +255,17 @@ class OllamaEmulator:
         idle = sorted((r.keep_alive, n) for n, r in others.items() if r.refcount == 0)
         return idle[0][1] if idle else next(iter(others))
 
-    def _load(self, card: ModelCard, num_ctx: int, keep_alive: float | None) -> Runner:
-        allocated = card.allocation(num_ctx)
+    def _load(self, card: ModelCard, num_ctx: int, keep_alive: float | None, num_gpu: int | None = None) -> Runner:
+        allocated, in_ram = card.allocation(num_ctx, num_gpu)
+        ram_free = self.state.system_ram - sum(r.in_ram for r in self.state.runners.values())
+        if in_ram > ram_free:
+            self.state.oom_errors += 1
+            raise HTTPError(500, f"model requires more system memory ({in_ram / 1024**3:.1f} GiB) than is available ({ram_free / 1024**3:.1f} GiB)")
         if allocated > self.state.total_vram - self.device_used():
             self.state.oom_errors += 1
             raise HTTPError(500, OOM_MESSAGE)
         self.state.next_pid += 1
-        runner = Runner(card, num_ctx, DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive, allocated, self.state.next_pid, refcount=1)
+        runner = Runner(card, num_ctx, DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive, allocated, self.state.next_pid, in_ram, num_gpu, refcount=1)
         self.state.runners[card.name] = runner
         self.state.loads[card.name] += 1
         self.state.peak_device_used = max(self.state.peak_device_used, self.device_used())
@@ -270,9 +288,11 @@ class OllamaEmulator:
             raise HTTPError(404, not_found.format(name=name))
         return CATALOGUE[full]
 
-    def take_fault(self, path: str, model: str | None) -> Fault | None:
+    def take_fault(self, path: str, model: str | None, is_load: bool = False) -> Fault | None:
         with self.lock:
             for fault in self.state.faults:
+                if fault.when != "any" and (fault.when == "load") != is_load:
+                    continue
                 if fault.path == path and fault.count > 0 and (fault.model is None or fault.model == model):
                     fault.count -= 1
                     return fault
@@ -358,6 +378,10 @@ def _handler_for(emulator: OllamaEmulator):
                 "/api/show": ("POST",), "/api/generate": ("POST",), "/api/chat": ("POST",), "/api/embed": ("POST",),
                 "/_emulator/device": ("GET",),
             }  # fmt: skip
+            if emulator._stop.is_set():  # stopped: kept-alive connections die too, as with a killed server
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             if self.path not in routes:
                 return self._send(404, b"404 page not found", "text/plain")
             if method not in routes[self.path]:
@@ -367,7 +391,18 @@ def _handler_for(emulator: OllamaEmulator):
                 model = body.get("model") if isinstance(body, dict) else None
                 with emulator.lock:
                     emulator.state.requests[(self.path, model)] += 1
-                fault = emulator.take_fault(self.path, model)
+                is_load = isinstance(body, dict) and not (body.get("messages") or body.get("prompt") or body.get("input"))
+                fault = emulator.take_fault(self.path, model, is_load)
+                if fault and fault.kind == "reset":
+                    self.close_connection = True
+                    self.connection.shutdown(2)  # the runner's host went away mid-request: no answer at all
+                    return
+                if fault and fault.kind == "hang":
+                    time.sleep(fault.hang_s)  # a runaway generation: the answer comes far too late
+                    fault = None
+                if fault and fault.kind == "leftover":
+                    emulator.release(emulator.acquire(CATALOGUE[fault.leftover], 4096, FOREVER))  # another client's model, pinned
+                    raise HTTPError(500, OOM_MESSAGE)
                 if fault and not fault.mid_stream:
                     raise HTTPError(fault.status, fault.message)
                 handler = getattr(self, "_" + (self.path.strip("/").replace("/", "_").lstrip("_") or "root"))
@@ -416,7 +451,7 @@ def _handler_for(emulator: OllamaEmulator):
         def _api_show(self, body, fault):
             card = emulator.card(body.get("model") or body.get("name"), "model '{name}' not found")
             capabilities = ["embedding"] if card.kind == "embedding" else ["completion", "tools"]
-            info = {"general.architecture": card.family, f"{card.family}.context_length": card.context_length}
+            info = {"general.architecture": card.family, f"{card.family}.context_length": card.context_length, f"{card.family}.block_count": card.block_count}
             return 200, {"modelfile": "", "parameters": "", "template": "", "details": _details(card), "model_info": info, "capabilities": capabilities, "modified_at": _now_local()}
 
         def _api_ps(self, body, fault):
@@ -425,8 +460,8 @@ def _handler_for(emulator: OllamaEmulator):
                 for runner in emulator.state.runners.values():
                     until = runner.expires_at if runner.stopping_since is None else runner.stopping_since
                     expires = datetime(2318, 1, 1).astimezone() if until == FOREVER else datetime.now().astimezone() + timedelta(seconds=until - now)
-                    size = runner.allocated - CUDA_CONTEXT
-                    rows.append({"name": runner.card.name, "model": runner.card.name, "size": size, "digest": runner.card.digest, "details": _details(runner.card), "expires_at": expires.isoformat(), "size_vram": size, "context_length": min(runner.num_ctx, runner.card.context_length)})
+                    vram = runner.allocated - CUDA_CONTEXT
+                    rows.append({"name": runner.card.name, "model": runner.card.name, "size": vram + runner.in_ram, "digest": runner.card.digest, "details": _details(runner.card), "expires_at": expires.isoformat(), "size_vram": vram, "context_length": min(runner.num_ctx, runner.card.context_length)})
             rows.sort(key=lambda r: r["expires_at"], reverse=True)
             return 200, {"models": rows}
 
@@ -451,7 +486,7 @@ def _handler_for(emulator: OllamaEmulator):
             if "num_ctx" in options and not isinstance(options["num_ctx"], int):
                 raise HTTPError(500, 'option "num_ctx" must be of type integer')
             start = time.perf_counter()
-            runner = emulator.acquire(card, options.get("num_ctx", 4096), keep_alive)
+            runner = emulator.acquire(card, options.get("num_ctx", 4096), keep_alive, options.get("num_gpu"))
             load_ns = int((time.perf_counter() - start) * 1e9)
             try:
                 if empty:

@@ -67,7 +67,7 @@ def test_three_by_three_matrix_loads_each_model_once_and_stays_in_budget(emulato
 
 
 def test_a_model_that_never_fits_is_skipped_with_its_reason_and_the_rest_completes(tmp_path):
-    with OllamaEmulator(total_vram=5 * 1024**3) as small_card:  # a 5 GB card: 7B models never fit
+    with OllamaEmulator(total_vram=5 * 1024**3, system_ram=1024**3) as small_card:  # 5 GB card, 1 GiB RAM to spare: a 7B never fits, not even split
         result = run_against(small_card, "--llms", "llama3.2:3b,qwen2.5:7b", "--embeddings", "nomic-embed-text", "--limit", "4", "--quiet", results=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "4/8 samples answered" in result.stdout
@@ -75,7 +75,8 @@ def test_a_model_that_never_fits_is_skipped_with_its_reason_and_the_rest_complet
     samples = list(csv.DictReader((run_dir / "samples.csv").open()))
     assert {s["llm"] for s in samples if not s["error"]} == {"llama3.2:3b"}
     failed = [s for s in samples if s["error"]]
-    assert len(failed) == 4 and {s["cause"] for s in failed} == {"out_of_memory"} and "cudaMalloc failed: out of memory" in failed[0]["error"]
+    assert len(failed) == 4 and {s["cause"] for s in failed} == {"out_of_memory"}
+    assert "qwen2.5:7b does not fit in memory, even with num_ctx halved and half its layers on the GPU" in failed[0]["error"]
     report = (run_dir / "report.md").read_text()
     assert "- [ ] no out-of-memory error" in report and "qwen2.5:7b: 4 answers failed" in report
 

@@ -54,6 +54,9 @@ class Settings(BaseModel):
     pressure_threshold_gb: float | None = Field(default=None, gt=0)  # None = platform default (10 of 12 GB on a card)
     baseline_target_gb: float | None = Field(default=None, gt=0)  # None = platform default (2 GB on a 12 GB card)
     unload_timeout_s: float | None = Field(default=None, gt=0)  # None = 30 s: wait this long for memory to come back
+    request_timeout_s: float | None = Field(default=None, gt=0)  # watchdog per model call; None = 120 s + 2 s per max_tokens (a first call may load the model)
+    backend_retry_s: float = Field(default=120.0, ge=0)  # a backend that stops answering mid-run is retried this long, then the run stops (exit 3, resumable)
+    max_failures: float | None = Field(default=None, gt=0)  # failed samples before the run stops: a count (>= 1) or a share of all samples (< 1)
     judge: str | None = None  # "none", a LiteLLM model name, or None: gpt-4o-mini when OPENAI_API_KEY is set, else none
     judge_base_url: str | None = None  # OpenAI-compatible server for openai/NAME judges; Ollama host for ollama_chat/NAME
     judge_embeddings: str | None = None  # for answer_relevancy; default text-embedding-3-small, or the first Ollama embedding model
@@ -70,6 +73,10 @@ class Settings(BaseModel):
 
     def public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @property
+    def watchdog_s(self) -> float:
+        return self.request_timeout_s or 120.0 + 2.0 * self.max_tokens
 
     def platform_overrides(self) -> dict[str, Any]:
         gb = lambda value: None if value is None else int(value * 1e9)  # noqa: E731

@@ -59,3 +59,13 @@ class ModelCallError(RagsweepError):
     def __init__(self, message: str, cause: str = "error"):
         super().__init__(message)
         self.cause = cause
+
+
+class ModelUnavailableError(ModelCallError):
+    """A model cannot be (re)loaded even after the out-of-memory ladder: the rest of its work fails."""
+
+
+class FailureBudgetExceededError(RagsweepError):
+    """Too many samples failed: stop instead of grinding through the night (resumable)."""
+
+    exit_code = EXIT_FAILURES

@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from .backends.base import ModelInfo, Prompt
-from .errors import ModelCallError
+from .errors import ModelCallError, ModelUnavailableError
 from .lifecycle import Resident, resident_model
 from .metrics import exact_match, token_f1
 from .progress import bar
@@ -61,14 +61,15 @@ def _answer_all(ctx: RunContext, resident: Resident, pending: dict[str, PendingA
     with bar(f"answer {llm.name}", len(pending), ctx.quiet) as progress:
         for key, work in pending.items():
             try:
-                result = resident.model.generate(work.prompt)
+                result = resident.call("generate", work.prompt)
+            except ModelUnavailableError:
+                raise  # the model cannot come back: the rest of its work fails (handled by the caller)
             except ModelCallError as error:
                 _fail(ctx, llm, work.samples, error)
-                if error.cause in {"runner_crash", "timeout"}:
-                    resident.reload()
             else:
                 ctx.model_call_s += result.seconds
-                ctx.store.put_answer_cache(key, llm.digest, result.text, result.prompt_tokens, result.completion_tokens, result.seconds)
+                if not resident.degraded:  # an answer made with less context is not what the config asked for: not cached
+                    ctx.store.put_answer_cache(key, llm.digest, result.text, result.prompt_tokens, result.completion_tokens, result.seconds)
                 answer = {"text": result.text, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens, "seconds": result.seconds}
                 for retriever, question in work.samples:
                     _store_answer(ctx, retriever, llm, question, answer, cached_hit=False)
@@ -77,9 +78,9 @@ def _answer_all(ctx: RunContext, resident: Resident, pending: dict[str, PendingA
 
 def _fail(ctx: RunContext, llm: ModelInfo, samples: list[tuple[str, Question]], error: ModelCallError) -> None:
     for retriever, question in samples:
-        ctx.failures += 1
         ctx.store.put_answer(ctx.run_id, retriever, llm.name, question.id, {"error": str(error), "cause": error.cause})
         ctx.log.event("sample_failed", STAGE, llm.name, question_id=question.id, embedding_model=retriever, cause=error.cause, message=str(error))
+    ctx.count_failures(len(samples))
 
 
 def _fail_unanswered(ctx: RunContext, llm: ModelInfo, pending: dict[str, PendingAnswer], error: ModelCallError) -> None:
@@ -87,9 +88,9 @@ def _fail_unanswered(ctx: RunContext, llm: ModelInfo, pending: dict[str, Pending
     left = [(r, q) for work in pending.values() for r, q in work.samples if (r, q.id) not in answered]
     for retriever, question in left:
         ctx.store.put_answer(ctx.run_id, retriever, llm.name, question.id, {"error": str(error), "cause": error.cause})
-    ctx.failures += len(left)
     ctx.note(f"{llm.name}: {len(left)} answers failed — {error}", STAGE)
     ctx.log.event("model_failed", STAGE, llm.name, cause=error.cause, message=str(error), samples=len(left))
+    ctx.count_failures(len(left), budgeted=False)  # a model that cannot load is skipped, the rest goes on
 
 
 def _store_answer(ctx: RunContext, retriever: str, llm: ModelInfo, question: Question, answer: dict, cached_hit: bool) -> None:

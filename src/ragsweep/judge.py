@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from .config import Settings
 from .errors import ConfigError, MissingPackageError
 from .judge_client import JudgeClient, JudgeSpec, Usage, classify, current_cell
+from .memory import device_used_bytes
 from .progress import bar
 from .run import RunContext
 
@@ -144,6 +145,10 @@ async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo
             if cap is not None and (usage.cost_usd or 0.0) >= cap:
                 stopped.append(queue.qsize())
                 return
+            used = device_used_bytes()
+            if used is not None and used > ctx.platform.pressure_threshold_bytes and client.capacity > 1:
+                before = client.capacity
+                ctx.log.event("memory_pressure", STAGE, spec.model, used_bytes=used, judge_concurrency=before, new_judge_concurrency=await client.halve())
             cell = queue.get_nowait()
             cell_usage = Usage()
             current_cell.set(cell_usage)  # this task's judge calls are counted here

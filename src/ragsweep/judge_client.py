@@ -67,12 +67,22 @@ class JudgeClient:
     spec: JudgeSpec
     in_flight: int = 0
     max_in_flight: int = 0
+    capacity: int = 0  # current cap; memory pressure halves it
     _semaphore: asyncio.Semaphore | None = field(default=None, repr=False)
 
     def _gate(self) -> asyncio.Semaphore:
         if self._semaphore is None:  # created inside the running loop
             self._semaphore = asyncio.Semaphore(self.spec.concurrency)
+            self.capacity = self.spec.concurrency
         return self._semaphore
+
+    async def halve(self) -> int:
+        """Lower the cap for the rest of the stage by keeping half of the permits forever."""
+        gate = self._gate()
+        for _ in range(self.capacity - max(1, self.capacity // 2)):
+            await gate.acquire()
+        self.capacity = max(1, self.capacity // 2)
+        return self.capacity
 
     async def complete(self, **kwargs: Any) -> Any:
         """The `client` instructor calls: one bounded, retried, accounted litellm.acompletion."""

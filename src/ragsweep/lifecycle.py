@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from .backends.base import Backend, GenerationOptions, LoadedModel, ModelInfo
-from .errors import MemoryNotReleasedError
-from .memory import ensure_clean_gpu_state
+from dataclasses import replace
+
+from .errors import MemoryNotReleasedError, ModelCallError, ModelUnavailableError
+from .memory import device_used_bytes, ensure_clean_gpu_state
 from .runlog import RunLog
 
 
@@ -29,17 +31,57 @@ def clean_state(backend: Backend, runlog: RunLog, stage: str, back_to_bytes: int
         return False
 
 
+RECOVERABLE = {"timeout", "runner_crash", "out_of_memory"}  # worth one reload and one more try
+
+
 class Resident:
-    """The loaded model of a stage; `reload()` replaces a crashed or hung one."""
+    """The loaded model of a stage. Loading climbs the out-of-memory ladder; `call` recovers once from a crash, hang or OOM."""
 
     def __init__(self, backend: Backend, info: ModelInfo, stage: str, runlog: RunLog, options: GenerationOptions | None):
-        self._backend, self.info, self._stage, self._log, self._options = backend, info, stage, runlog, options
+        self._backend, self.info, self._stage, self._log = backend, info, stage, runlog
+        self.options = options
+        self.degraded = False  # loaded with less context or fewer GPU layers than configured
         self.model = self._load()
 
     def _load(self, **reason) -> LoadedModel:
-        model = self._backend.load(self.info, self._options)
-        self._log.event("model_load", self._stage, self.info.name, load_s=round(model.load_seconds, 3), digest=self.info.digest[:12], **reason)
-        return model
+        """Load; on out of memory: clean up and retry, then halve num_ctx, then put half the layers on the GPU."""
+        last: ModelCallError | None = None
+        for step, options in self._ladder():
+            if step != "as configured":
+                clean_state(self._backend, self._log, self._stage)
+            try:
+                model = self._backend.load(self.info, options)
+            except ModelCallError as error:
+                if error.cause != "out_of_memory":
+                    raise ModelUnavailableError(f"could not load {self.info.name}: {error}", cause=error.cause) from None
+                self._log.event("out_of_memory", self._stage, self.info.name, step=step, message=str(error))
+                last = error
+                continue
+            self.options, self.degraded = options, step in {"num_ctx halved", "half the layers on the GPU"}
+            extra = {"recovered_by": step, "num_ctx": options.num_ctx if options else None, "num_gpu": options.num_gpu if options else None} if step != "as configured" else {}
+            self._log.event("model_load", self._stage, self.info.name, load_s=round(model.load_seconds, 3), digest=self.info.digest[:12], **reason, **extra)
+            return model
+        raise ModelUnavailableError(f"{self.info.name} does not fit in memory, even with num_ctx halved and half its layers on the GPU ({last})", cause="out_of_memory")
+
+    def _ladder(self):
+        yield "as configured", self.options
+        yield "after clean-up", self.options
+        if self.options is not None:  # generation models: less context, then partial offload
+            smaller = replace(self.options, num_ctx=max(512, self.options.num_ctx // 2))
+            yield "num_ctx halved", smaller
+            blocks = self.info.details.get("block_count") or 0
+            yield "half the layers on the GPU", replace(smaller, num_gpu=blocks // 2)
+
+    def call(self, method: str, *args):
+        """One model call; a crash, hang or out-of-memory answer gets one reload and one more try."""
+        try:
+            return getattr(self.model, method)(*args)
+        except ModelCallError as error:
+            if error.cause not in RECOVERABLE:
+                raise
+            self._log.event("recovering", self._stage, self.info.name, cause=error.cause, message=str(error))
+            self.reload()
+            return getattr(self.model, method)(*args)
 
     def reload(self) -> None:
         self.close()
@@ -65,3 +107,18 @@ def resident_model(backend: Backend, info: ModelInfo, stage: str, runlog: RunLog
         after = runlog.snapshot(stage, "after_unload", backend, info.name)
         if verified:
             runlog.event("unload_verified", stage, info.name, in_use_bytes=after.in_use_bytes)
+
+
+def relieve_pressure(backend: Backend, runlog: RunLog, stage: str, keep: str, size: int) -> int:
+    """Before a batch: above the pressure threshold, unload every other model and halve the batch (for the rest of the stage)."""
+    used = device_used_bytes()
+    threshold = runlog.platform.pressure_threshold_bytes
+    if used is None or used <= threshold or size <= 1:
+        return size
+    for info in backend.loaded():
+        if info.name.split(":")[0] != keep.split(":")[0] and not info.stopping:
+            backend.unload(info.name)
+            runlog.event("model_unload", stage, info.name, reason="memory pressure")
+    runlog.event("memory_pressure", stage, keep, used_bytes=used, threshold_bytes=threshold, batch_size=size, new_batch_size=size // 2)
+    return size // 2
+

@@ -121,7 +121,7 @@ def ensure_clean_gpu_state(
     deadline = time.monotonic() + platform.unload_timeout_s
     while True:
         still_loaded = [info.name for info in backend.loaded()]
-        used = _device_used_bytes()
+        used = device_used_bytes()
         if not still_loaded and (used is None or used <= limit):
             return
         if time.monotonic() > deadline:
@@ -145,7 +145,8 @@ def _rss_of(pids: list[int]) -> int:
     return total
 
 
-def _device_used_bytes() -> int | None:
+def device_used_bytes() -> int | None:
+    """Device memory in use now (NVML), or None where there is no NVIDIA device."""
     try:
         import pynvml
 

@@ -20,6 +20,8 @@ from .store import Store
 
 DEFAULT_ANSWER_S = 3.0  # measured: 2-4 s per answer for the demo's tiny LLMs on 2 CPU cores
 DEFAULT_LOAD_S = 8.0  # a spawned model process: interpreter, torch or llama.cpp, weights
+WEIGHTS_TO_RESIDENT = 1.25  # resident size / file size at 4k context (Ollama's /api/ps sizes: 4.7 GB qwen2.5:7b file -> 5.6 GB)
+RUNNER_OVERHEAD = 0.4e9  # CUDA context and compute buffer of a runner process
 
 
 JUDGE_PROMPT_TOKENS = 1200  # per judge call: ragas's prompt (1.7-5.8 k characters) plus the passages
@@ -36,6 +38,7 @@ class Plan:
     top_k: int = 3
     cached_embeddings: dict[str, int] = field(default_factory=dict)
     answer_seconds: dict[str, float] = field(default_factory=dict)
+    expected_bytes: dict[str, int] = field(default_factory=dict)  # memory each model will take, for the fit check
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], judge: JudgeSpec | None) -> "Plan":
@@ -97,6 +100,9 @@ def make_plan(backend: Backend, store: Store, retriever_names: list[str], llm_na
         plan.cached_embeddings[retriever.name] = 0 if retriever.name == LEXICAL else store.cached_embedding_count(retriever.digest)
     for llm in llms:
         plan.answer_seconds[llm.name] = store.mean_answer_seconds(llm.digest) or DEFAULT_ANSWER_S
+    for model in retrievers + llms:
+        if model.size_bytes:
+            plan.expected_bytes[model.name] = store.loaded_bytes(model.name) or int(model.size_bytes * WEIGHTS_TO_RESIDENT + RUNNER_OVERHEAD)
     return plan
 
 
@@ -106,10 +112,10 @@ def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
         table.add_column(column, no_wrap=column != "license")
     budget = platform.pressure_threshold_bytes
     for model in plan.retrievers + plan.llms:
-        size = model.size_bytes
-        fits = "-" if size is None else ("yes" if size < budget else f"NO ({size / 1e9:.1f} GB > {budget / 1e9:.1f} GB)")
+        need = plan.expected_bytes.get(model.name)
+        fits = "-" if need is None else (f"yes (~{need / 1e9:.1f} GB)" if need < budget else f"NO (~{need / 1e9:.1f} GB > {budget / 1e9:.1f} GB): a smaller num_ctx or partial offload (num_gpu) may fit")
         cached = f"{plan.cached_embeddings[model.name]} vectors" if model.name in plan.cached_embeddings else f"~{plan.answer_seconds[model.name]:.1f} s/answer"
-        table.add_row(model.name, model.kind, model.digest[:12], _gb(size), model.license or "-", fits, cached)
+        table.add_row(model.name, model.kind, model.digest[:12], _gb(model.size_bytes), model.license or "-", fits, cached)
     console.print(table)
     console.print(
         f"matrix: {len(plan.retrievers)} retrievers × {len(plan.llms)} LLMs × {plan.questions} questions = {plan.samples} samples; "

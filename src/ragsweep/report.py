@@ -136,6 +136,26 @@ def judge_usage(report: RunReport) -> list[dict[str, Any]]:
     return rows
 
 
+FAULT_EVENTS = {"retry", "recovering", "out_of_memory", "memory_pressure", "memory_not_released", "model_failed", "run_stopped", "judge_cost_cap"}
+
+
+def fault_lines(report: RunReport) -> list[str]:
+    """One line per fault event and per recovery, in order (events.jsonl has the details)."""
+    lines = []
+    for e in report.events:
+        where = " ".join(part for part in (e.get("stage"), e.get("model")) if part)
+        if e["event"] == "model_load" and e.get("recovered_by"):
+            lines.append(f"{where}: loaded {e['recovered_by']} (num_ctx {e.get('num_ctx')}, num_gpu {e.get('num_gpu')})")
+        elif e["event"] == "memory_pressure":
+            change = f"batch {e['batch_size']} → {e['new_batch_size']}" if "batch_size" in e else f"judge concurrency {e['judge_concurrency']} → {e['new_judge_concurrency']}"
+            lines.append(f"{where}: memory pressure ({_gb(e['used_bytes'])} GB in use): other models unloaded, {change}")
+        elif e["event"] in FAULT_EVENTS:
+            detail = e.get("message") or e.get("cause") or ""
+            step = f" [{e['step']}]" if e.get("step") else f" [attempt {e['attempt']}]" if e.get("attempt") else ""
+            lines.append(f"{where}: {e['event'].replace('_', ' ')}{step}: {str(detail)[:200]}".replace(": : ", ": "))
+    return lines
+
+
 def render_markdown(report: RunReport) -> str:
     headers = ["embedding_model", "llm", "answered", "failed"] + [c for c in MEAN_COLUMNS if report.judged or c not in JUDGE_METRICS]
     memory = memory_findings(report)
@@ -158,6 +178,8 @@ def render_markdown(report: RunReport) -> str:
     lines += _md_table(["stage", "model", "GB in use"], [[stage, model, _gb(level)] for stage, model, level in memory["baselines"]])
     lines += ["", f"### Model loads ({len(memory['loads'])})", ""]
     lines += _md_table(["stage", "model", "load s"], [[stage, model, _fmt(seconds)] for stage, model, seconds in memory["loads"]])
+    lines += ["", "## Faults and recoveries", ""]
+    lines += [f"- {line}" for line in fault_lines(report)] or ["- none"]
     lines += ["", "## Skipped and failed", ""]
     lines += [f"- {note}" for note in report.notes] or ["- nothing"]
     return "\n".join(lines) + "\n"

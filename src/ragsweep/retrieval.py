@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends.base import ModelInfo
-from .lifecycle import resident_model
+from .lifecycle import relieve_pressure, resident_model
 from .metrics import dedupe, mrr, ndcg_at_k, recall_at_k
 from .progress import bar
 from .run import RunContext
@@ -102,12 +102,17 @@ def _embeddings(ctx: RunContext, retriever: ModelInfo, texts: list[str]) -> np.n
         text_of = dict(zip(hashes, texts))
         batch_size = ctx.platform.embed_batch_size
         with resident_model(ctx.backend, retriever, STAGE, ctx.log) as resident, bar(f"embed {retriever.name}", len(missing), ctx.quiet) as progress:
-            for start in range(0, len(missing), batch_size):
-                batch = missing[start : start + batch_size]
-                batch_vectors, seconds = resident.model.embed([text_of[h] for h in batch])
+            done, halved = 0, False
+            while done < len(missing):
+                if not halved:  # once per stage: a smaller batch frees activations, not the weights
+                    smaller = relieve_pressure(ctx.backend, ctx.log, STAGE, resident.info.name, batch_size)
+                    halved, batch_size = smaller != batch_size, smaller
+                batch = missing[done : done + batch_size]
+                batch_vectors, seconds = resident.call("embed", [text_of[h] for h in batch])
                 ctx.model_call_s += seconds
                 ctx.store.put_embeddings(retriever.digest, list(zip(batch, batch_vectors)))
                 vectors.update(zip(batch, batch_vectors))
+                done += len(batch)
                 progress.advance(len(batch))
     else:
         ctx.log.event("model_skipped", STAGE, retriever.name, reason="all embeddings cached")

@@ -9,6 +9,7 @@ import secrets
 
 from .backends.base import Backend, GenerationOptions
 from .config import Settings
+from .errors import FailureBudgetExceededError
 from .platform import PlatformConfig
 from .runlog import RunLog
 from .store import Store
@@ -26,7 +27,14 @@ class RunContext:
     quiet: bool = False
     model_call_s: float = 0.0  # time spent inside model calls, for the harness-overhead figure
     failures: int = 0  # samples that got no answer
+    failure_budget: int | None = None  # stop the run when this many samples failed
     notes: list[str] = field(default_factory=list)  # what was skipped or failed and why
+
+    def count_failures(self, n: int, budgeted: bool = True) -> None:
+        """Failed samples; past the budget the run stops (a model that cannot load is skipped, not budgeted)."""
+        self.failures += n
+        if budgeted and self.failure_budget is not None and self.failures >= self.failure_budget:
+            raise FailureBudgetExceededError(f"{self.failures} samples failed, the --max-failures budget is {self.failure_budget}: stopping instead of grinding on")
 
     def note(self, message: str, stage: str | None = None) -> None:
         """A line for the report; kept as an event so the report can be rebuilt from the store."""

@@ -141,6 +141,12 @@ class Store:
         row = self.db.execute("SELECT AVG(seconds) FROM answer_cache WHERE llm_digest = ?", (llm_digest,)).fetchone()
         return row[0]
 
+    def loaded_bytes(self, model: str) -> int | None:
+        """The most a model held on the device once loaded, in any earlier run (the ledger's 'loaded' rows)."""
+        rows = self.db.execute("SELECT data FROM memory WHERE label = 'loaded' AND model = ?", (model,))
+        sizes = [json.loads(r[0]).get("backend_loaded_vram_bytes") or 0 for r in rows]
+        return max(sizes, default=0) or None
+
     def cached_embedding_count(self, digest: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM embedding_cache WHERE model_digest = ?", (digest,)).fetchone()[0]
 

@@ -49,6 +49,7 @@ class GenerationOptions:
     seed: int
     num_ctx: int
     stop: tuple[str, ...] = ("\n\n", "\nQuestion:", "\nAnswer:")  # base models keep inventing Q/A pairs
+    num_gpu: int | None = None  # layers on the GPU; None = all that fit (set only by the out-of-memory ladder)
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -84,7 +84,7 @@ def _open_llama(spec: dict[str, Any]) -> dict[str, Any]:
         model_path=spec["path"],
         n_ctx=options["num_ctx"],
         n_threads=os.cpu_count(),
-        n_gpu_layers=-1 if spec["device"] in {"cuda", "mps"} else 0,
+        n_gpu_layers=options.get("num_gpu") if options.get("num_gpu") is not None else (-1 if spec["device"] in {"cuda", "mps"} else 0),
         seed=options["seed"],
         verbose=False,
     )

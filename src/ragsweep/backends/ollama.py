@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from collections.abc import Callable
+
+from tenacity import retry, retry_if_exception, wait_exponential_jitter
 
 from ..errors import BackendUnavailableError, ConfigError, ModelCallError, ModelNotFoundError
 from .base import Backend, Generation, GenerationOptions, Kind, LoadedInfo, LoadedModel, ModelInfo, Prompt
@@ -60,10 +62,12 @@ class OllamaBackend(Backend):
     name = "ollama"
     runs_locally = False
 
-    def __init__(self, host: str, request_timeout_s: float = 600.0, retries: int = 3):
+    def __init__(self, host: str, request_timeout_s: float = 600.0, retries: int = 3, down_retry_s: float = 120.0):
         self.host = normalize_host(host)
         self.client = httpx.Client(base_url=self.host, timeout=httpx.Timeout(request_timeout_s, connect=5.0))
-        self.retries = retries
+        self.retries = retries  # attempts for a busy server or a crashed runner
+        self.down_retry_s = down_retry_s  # how long a server that stopped answering is retried
+        self.on_retry: Callable[[str, str, int], None] = lambda cause, message, attempt: None  # the run logs retries
         self._version: str | None = None
         self._tags: dict[str, dict[str, Any]] | None = None
 
@@ -89,7 +93,9 @@ class OllamaBackend(Backend):
             raise ConfigError(f"--llms: '{name}' is an embedding model — move it to --embeddings")
         entry = tags[tag]
         license_line = (show.get("license") or "").strip().splitlines()
-        return ModelInfo(name, kind, entry["digest"], license_line[0][:80] if license_line else None, entry.get("size"), f"{self.host} {tag}", entry.get("details") or {})
+        blocks = next((v for k, v in (show.get("model_info") or {}).items() if k.endswith(".block_count")), None)
+        details = {**(entry.get("details") or {}), "block_count": blocks}
+        return ModelInfo(name, kind, entry["digest"], license_line[0][:80] if license_line else None, entry.get("size"), f"{self.host} {tag}", details)
 
     def load(self, info: ModelInfo, options: GenerationOptions | None = None) -> LoadedModel:
         return OllamaModel(self, info, options)
@@ -110,14 +116,26 @@ class OllamaBackend(Backend):
         return {"ollama": self._version or "unknown"}
 
     def request(self, path: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
-        """One API call with retries for transient faults (busy, connection, crashed runner)."""
-        call = retry(
-            retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self.retries),
-            wait=wait_exponential_jitter(multiplier=0.5, max=8.0),
-            reraise=True,
-        )(self._request_once)
-        return call(path, body, method)
+        """One API call, retried with backoff: a busy server or crashed runner a few times, a vanished server for down_retry_s."""
+        started = time.monotonic()
+
+        def give_up(state) -> bool:
+            error = state.outcome.exception()
+            if getattr(error, "cause", None) == "connection":
+                return time.monotonic() - started >= self.down_retry_s
+            return state.attempt_number >= self.retries
+
+        def log(state) -> None:
+            error = state.outcome.exception()
+            self.on_retry(error.cause, str(error), state.attempt_number)
+
+        try:
+            return retry(retry=retry_if_exception(_is_transient), stop=give_up, wait=wait_exponential_jitter(multiplier=0.5, max=8.0),
+                         before_sleep=log, reraise=True)(self._request_once)(path, body, method)  # fmt: skip
+        except ModelCallError as error:
+            if error.cause == "connection":
+                raise BackendUnavailableError(f"Ollama at {self.host} stopped answering ({error}); retried for {self.down_retry_s:.0f} s — finished work is saved: start Ollama and run the same command again") from None
+            raise
 
     def _request_once(self, path: str, body: dict[str, Any] | None, method: str) -> dict[str, Any]:
         try:
@@ -146,6 +164,8 @@ class OllamaModel(LoadedModel):
         self.tag = info.name if ":" in info.name else f"{info.name}:latest"
         # The same options on every request: a change of num_ctx & co would reload the model.
         self.options = {} if options is None else {"num_ctx": options.num_ctx, "num_predict": options.max_tokens, "temperature": options.temperature, "seed": options.seed, "stop": list(options.stop)}
+        if options is not None and options.num_gpu is not None:
+            self.options["num_gpu"] = options.num_gpu
         start = time.perf_counter()
         if info.kind == "embedding":
             reply = backend.request("/api/embed", {"model": self.tag, "input": [], "keep_alive": KEEP_ALIVE})
