@@ -71,12 +71,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", help="where runs and the results database go")
     p.add_argument("--ollama-host", help="Ollama server URL (default: OLLAMA_HOST or http://localhost:11434)")
     p.add_argument("--fresh", action="store_true", default=None, help="ignore cached embeddings and answers")
+    p.add_argument("--baseline", help="an earlier run id: report.html compares against it")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--quiet", action="store_true", help="print only the final summary line")
     return p
 
 
+def build_report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark.py report", description="Rebuild a run's reports from the store (no models needed).")
+    p.add_argument("run_id", nargs="?", help="the run (default: the latest)")
+    p.add_argument("--compare", nargs=2, metavar=("BASELINE", "RUN"), help="report RUN with per-metric deltas against BASELINE")
+    p.add_argument("--baseline", help="compare against this earlier run")
+    p.add_argument("--config", type=Path, help="YAML settings file (for results_dir)")
+    p.add_argument("--results-dir", help="where runs and the results database are")
+    return p
+
+
+def report_command(argv: list[str]) -> int:
+    """`benchmark.py report [RUN_ID] [--baseline B] | --compare A B`: the exports again, from the store alone."""
+    args = build_report_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config, {"results_dir": args.results_dir})
+        store = Store(settings.results_dir / "ragsweep.sqlite")
+        baseline, run_id = args.compare if args.compare else (args.baseline, args.run_id or store.latest_run_id())
+        for wanted in filter(None, (run_id, baseline)):
+            if store.run(wanted) is None:
+                raise errors.ConfigError(f"no run {wanted!r} in {store.path} (latest: {store.latest_run_id()})")
+        if run_id is None:
+            raise errors.ConfigError(f"no run in {store.path} yet")
+        write_exports(store, run_id, settings.results_dir / run_id, baseline)
+    except RagsweepError as error:
+        print(f"ragsweep: error: {error}", file=sys.stderr)
+        return error.exit_code
+    print(f"reports for {run_id} rewritten in {settings.results_dir / run_id} (report.md, report.html)")
+    return errors.EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        return report_command(argv[1:])
     args = build_parser().parse_args(argv)
     load_dotenv()  # .env in the working directory; real environment variables win
     out = Console(quiet=args.quiet, width=None if sys.stdout.isatty() else 200)  # cron logs: no wrapping
@@ -102,6 +136,8 @@ def run(settings: Settings, args: argparse.Namespace, out: Console) -> int:
     store = Store(settings.results_dir / "ragsweep.sqlite")
     if args.retry_failed:
         return _retry_failed(settings, platform, backend, store, judge_spec, args, out)
+    if settings.baseline and store.run(settings.baseline) is None:
+        raise errors.ConfigError(f"--baseline {settings.baseline}: no such run in {store.path} (latest: {store.latest_run_id()})")
     plan = make_plan(backend, store, settings.embeddings, settings.llms, len(questions), len(chunks), judge_spec, settings.top_k)
     print_plan(plan, platform, out)
     if args.dry_run:
@@ -222,7 +258,7 @@ def _close_run(ctx: RunContext, plan: Plan, timings: dict[str, float], exit_code
     status = {errors.EXIT_OK: "done", errors.EXIT_FAILURES: "finished with failures", errors.EXIT_BACKEND: "stopped: backend unreachable"}.get(exit_code, "interrupted")
     if exit_code == errors.EXIT_FAILURES and any(e["event"] == "run_stopped" for e in ctx.store.events(ctx.run_id)):
         status = "stopped: failure budget"
-    summary = write_exports(ctx.store, ctx.run_id, ctx.run_dir)
+    summary = write_exports(ctx.store, ctx.run_id, ctx.run_dir, ctx.settings.baseline)
     _write_run_json(ctx, plan, timings, status, exit_code)
     ctx.store.finish_run(ctx.run_id, status, exit_code)
     ctx.log.close()

@@ -67,6 +67,7 @@ class Settings(BaseModel):
     judge_max_tokens: int = Field(default=2048, ge=256)  # small judges stop mid-JSON below 2048
     judge_num_ctx: int = Field(default=8192, ge=2048)  # an Ollama judge's context: its prompts are long
     max_judge_cost: float | None = Field(default=None, gt=0)  # USD: stop judging cleanly when reached
+    baseline: str | None = None  # an earlier run id: report.html adds per-metric deltas against it
     fresh: bool = False  # ignore the caches (recompute everything; results are still cached for next time)
     results_dir: Path = REPO_ROOT / "results"
     ollama_host: str = "http://localhost:11434"

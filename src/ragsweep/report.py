@@ -110,14 +110,20 @@ def memory_findings(report: RunReport) -> dict[str, Any]:
     return {"peaks": peaks, "baselines": baselines, "loads": loads, "targets": targets, "source": source}
 
 
-def write_exports(store: Store, run_id: str, run_dir: Path) -> list[dict[str, Any]]:
+def write_exports(store: Store, run_id: str, run_dir: Path, baseline_id: str | None = None) -> list[dict[str, Any]]:
+    """samples.csv, summary.csv, memory.csv, judge_errors.csv, report.md and report.html of one run."""
+    from .html_report import render_html  # matplotlib: imported only when a report is written
+
     report = load_report(store, run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(run_dir / "samples.csv", SAMPLE_COLUMNS, report.samples)
     _write_csv(run_dir / "summary.csv", list(report.summary[0]) if report.summary else ["embedding_model", "llm"], report.summary)
     _write_csv(run_dir / "memory.csv", list(report.snapshots[0]) if report.snapshots else ["stage"], report.snapshots)
     if report.judged:
         _write_csv(run_dir / "judge_errors.csv", JUDGE_ERROR_COLUMNS, report.judge_errors)
     (run_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    baseline = load_report(store, baseline_id) if baseline_id else None
+    (run_dir / "report.html").write_text(render_html(report, baseline), encoding="utf-8")
     return report.summary
 
 

@@ -100,7 +100,7 @@ class Store:
             return None
         record = dict(row)
         for key in ("config", "plan", "platform"):
-            record[key] = json.loads(record.pop(f"{key}_json") or "{}")
+            record[key] = json.loads(record.pop(f"{key}_json", None) or "{}")
         return record
 
     def add_questions(self, run_id: str, questions: Iterable[Any]) -> None:
