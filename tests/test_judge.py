@@ -62,7 +62,9 @@ def test_clean_judge_scores_every_sample_in_range_and_a_second_run_is_free(emula
                 assert 0.0 <= float(sample[metric]) <= 1.0, (metric, sample[metric])
         assert rows(latest(tmp_path) / "judge_errors.csv") == []
         calls = judge.state.chat_requests
-        assert calls == 6 * (6 + 3)  # 6 + k judge calls per sample (k = 3)
+        # 6 + k judge calls per distinct cell set (k = 3): the emulator's two LLMs answer alike, and
+        # context_precision/recall never depend on the LLM, so each question is judged once
+        assert calls == 3 * (6 + 3)
         second = run(emulator, judge, tmp_path)
         assert second.returncode == 0 and judge.state.chat_requests == calls  # all cells cached: zero calls
     report = (latest(tmp_path) / "report.md").read_text()
@@ -119,7 +121,7 @@ def test_retry_failed_rejudges_only_the_failed_cells(emulator, tmp_path, strict)
         assert retry.returncode == 0, retry.stderr
         made = judge.state.chat_requests - before
     assert rows(latest(tmp_path) / "judge_errors.csv") == []
-    assert 0 < made < 24 * 2  # only the failed cells, not all 24
+    assert 0 < made <= failed * (6 + 3)  # only the failed cells were asked again
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1  # in place: no new run
 
 

@@ -115,13 +115,13 @@ _FIELDS = {
 def judge(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> Usage:
     """Judge every cell not cached; returns the usage of the calls made."""
     ctx.log.event("stage_start", STAGE, spec.model)
-    todo = []
+    todo: dict[str, list[Cell]] = {}  # cache key -> the cells sharing it (context_precision/recall do not depend on the LLM)
     for cell in cells_for(ctx, spec, only_failed):
         cached = None if ctx.settings.fresh else ctx.store.cached_judgement(cell.key)
         if cached:
             _record(ctx, cell, cached["value"], None, None, cached, cached_hit=True)
         else:
-            todo.append(cell)
+            todo.setdefault(cell.key, []).append(cell)
     usage = Usage()
     if todo:
         with _resident_judge(ctx, spec):
@@ -132,11 +132,11 @@ def judge(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> Usage:
     return usage
 
 
-async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo: list[Cell], usage: Usage) -> None:
+async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo: dict[str, list[Cell]], usage: Usage) -> None:
     metrics = client.metrics()
-    queue: asyncio.Queue[Cell] = asyncio.Queue()
-    for cell in todo:
-        queue.put_nowait(cell)
+    queue: asyncio.Queue[list[Cell]] = asyncio.Queue()
+    for cells in todo.values():
+        queue.put_nowait(cells)
     cap = ctx.settings.max_judge_cost
     stopped = []
 
@@ -149,7 +149,8 @@ async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo
             if used is not None and used > ctx.platform.pressure_threshold_bytes and client.capacity > 1:
                 before = client.capacity
                 ctx.log.event("memory_pressure", STAGE, spec.model, used_bytes=used, judge_concurrency=before, new_judge_concurrency=await client.halve())
-            cell = queue.get_nowait()
+            cells = queue.get_nowait()
+            cell = cells[0]
             cell_usage = Usage()
             current_cell.set(cell_usage)  # this task's judge calls are counted here
             try:
@@ -158,17 +159,18 @@ async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo
             except Exception as error:  # failures are data: NaN plus a recorded cause
                 value, cause, message = None, classify(error), f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
             usage.add(cell_usage)
-            _record(ctx, cell, value, cause, message, cell_usage.as_dict(), cached_hit=False)
+            for index, twin in enumerate(cells):  # the usage is paid once, by the first
+                _record(ctx, twin, value, cause, message, cell_usage.as_dict() if index == 0 else {}, cached_hit=index > 0)
             if value is not None:
                 ctx.store.put_judge_cache(cell.key, spec.identity, cell.metric, value, cell_usage.as_dict())
-            progress.advance()
+            progress.advance(len(cells))
 
-    with bar(f"judge {spec.model}", len(todo), ctx.quiet) as progress:
+    with bar(f"judge {spec.model}", sum(len(cells) for cells in todo.values()), ctx.quiet) as progress:
         # enough workers to keep the call cap busy (a metric makes up to 6 + k calls in sequence)
         await asyncio.gather(*(worker(progress) for _ in range(max(1, spec.concurrency * 2))))
     if stopped:
         left = max(stopped)
-        ctx.note(f"judging stopped at ${usage.cost_usd:.4f}, the --max-judge-cost cap (${cap:.4f}): {left} cells not judged", STAGE)
+        ctx.note(f"judging stopped at ${usage.cost_usd:.4f}, the --max-judge-cost cap (${cap:.4f}): {left} distinct cells not judged", STAGE)
         ctx.log.event("judge_cost_cap", STAGE, spec.model, cost_usd=usage.cost_usd, cells_left=left)
 
 
