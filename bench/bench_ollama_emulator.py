@@ -51,7 +51,7 @@ def ragsweep_run(limit: int) -> None:
 def seed_run() -> None:
     with OllamaEmulator() as emu:
         errors = seed_way(emu)
-        print(f"seed's loop (E x L, default keep_alive, no unloads), one question per pair:")
+        print("seed's loop (E x L, default keep_alive, no unloads), one question per pair:")
         print(f"  model loads: {sum(emu.state.loads.values())}; evictions: {emu.state.evictions}; peak {emu.state.peak_device_used / GB:.2f} GB; out-of-memory errors: {len(errors)}")
 
 

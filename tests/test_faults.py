@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -132,7 +131,6 @@ def test_a_7b_that_does_not_fit_beside_a_leftover_loads_after_clean_up(tmp_path)
 def test_out_of_memory_at_a_large_context_retries_with_half_the_context(tmp_path):
     with OllamaEmulator(total_vram=7 * GIB) as emu:  # mistral:7b at 16k context needs ~7.6 GB; at 8k ~6.5 GB
         result = run(emu, tmp_path / "results", llms="mistral:7b", config="num_ctx: 16384\n")
-        ctx_loaded = [r.num_ctx for r in emu.state.runners.values()]
     assert result.returncode == 0, result.stderr
     samples, events, report = outcome(tmp_path / "results")
     assert [e["step"] for e in events if e["event"] == "out_of_memory"] == ["as configured", "after clean-up"]

@@ -1,7 +1,6 @@
 """report.html: parses, has every section, escapes what came from the test set or a model, rebuilds from the store alone."""
 
 import base64
-import json
 import os
 import re
 import subprocess

@@ -8,13 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import REPO
 from ollama_emulator import EMBEDDINGS, LLMS, OllamaEmulator, seed_way
 from ragsweep.backends.ollama import OllamaBackend, classify, normalize_host
-from ragsweep.errors import BackendUnavailableError, ConfigError, ModelNotFoundError
+from ragsweep.errors import ConfigError, ModelNotFoundError
 
 GB = 10**9
 

@@ -1,5 +1,3 @@
-import numpy as np
-import pytest
 
 from ragsweep.retrieval import chunk_documents
 from ragsweep.testset import Document

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import psutil
@@ -50,12 +50,9 @@ class MemorySnapshot:
     backend_loaded_vram_bytes: int | None = None  # ... and how much of it is on the GPU
     backend_models: str = ""  # ';'-joined names the backend reports loaded
     pressure_level: int | None = None  # macOS: 1 normal, 2 warn, 4 critical
-    runner_pids: list[int] = field(default_factory=list, repr=False)
 
     def row(self) -> dict:
-        data = asdict(self)
-        data.pop("runner_pids")
-        return data
+        return asdict(self)
 
     @property
     def in_use_bytes(self) -> int:
@@ -87,7 +84,6 @@ def monitor_gpu_memory(stage: str, label: str, backend: "Backend", platform: Pla
         backend_loaded_bytes=sum(info.size_bytes or 0 for info in loaded),
         backend_loaded_vram_bytes=sum(info.size_vram_bytes or 0 for info in loaded),
         backend_models=";".join(info.name for info in loaded),
-        runner_pids=pids,
     )
     _add_nvml(snapshot, pids)
     _add_torch(snapshot)

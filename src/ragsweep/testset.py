@@ -7,7 +7,6 @@ Corpus rows: {"id", "title", "text"}. Question rows: {"id", "question", "referen
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,14 +68,6 @@ def load_questions(path: Path, corpus_ids: set[str], limit: int | None = None) -
     if not questions:
         raise InputError(f"{path}: the test set is empty")
     return questions[:limit] if limit else questions
-
-
-def fingerprint(items: list[Any]) -> str:
-    """A stable hash of loaded rows, so caches notice a changed corpus."""
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(json.dumps(item.__dict__, sort_keys=True).encode())
-    return digest.hexdigest()[:16]
 
 
 def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
