@@ -56,3 +56,11 @@ def test_invalid_yaml_and_overlap(tmp_path):
         load_settings(write(tmp_path, "top_k: 3\n  bad: [\n"), {}, environ={})
     with pytest.raises(ConfigError, match="chunk_overlap \\(100\\) must be smaller than chunk_size \\(50\\)"):
         load_settings(None, {"chunk_size": 50, "chunk_overlap": 100}, environ={})
+
+
+def test_per_metric_judge_settings_name_known_metrics(tmp_path):
+    settings = load_settings(write(tmp_path, "judge_metric_timeout_s: {faithfulness: 300}\njudge_metric_parse_retries: {context_recall: 4}\n"), {}, environ={})
+    assert settings.judge_metric_timeout_s == {"faithfulness": 300.0} and settings.judge_metric_parse_retries == {"context_recall": 4}
+    with pytest.raises(ConfigError, match=r"run.yaml:1: field 'judge_metric_timeout_s': Value error, unknown metric 'faithfulnes'"):
+        load_settings(write(tmp_path, "judge_metric_timeout_s: {faithfulnes: 300}\n"), {}, environ={})
+

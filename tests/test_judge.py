@@ -85,6 +85,17 @@ def test_each_fault_becomes_nan_with_its_cause(emulator, tmp_path, strict, fault
     assert all(float(row["faithfulness_nan_rate"]) == 1.0 for row in summary)
 
 
+def test_a_per_metric_timeout_applies_to_that_metric_only(emulator, tmp_path):
+    config = tmp_path / "timeouts.yaml"
+    config.write_text(f"judge_metric_timeout_s: {{faithfulness: 0.05}}\ncorpus: {REPO / 'data/demo/corpus.jsonl'}\ntestset: {REPO / 'data/demo/testset.jsonl'}\n")
+    with JudgeServer(JudgeFaults(latency_s=0.1)) as judge:
+        result = run(emulator, judge, tmp_path, config=config)
+    assert result.returncode == 1
+    errors = rows(latest(tmp_path) / "judge_errors.csv")
+    assert {(e["metric"], e["cause"]) for e in errors} == {("faithfulness", "timeout")} and len(errors) == 6
+    assert all(s["context_recall"] for s in rows(latest(tmp_path) / "samples.csv"))
+
+
 def test_mixed_faults_with_retries_finish_and_nan_cells_equal_error_rows(emulator, tmp_path):
     faults = JudgeFaults(rate_limit_every=4, server_error_every=5, garbage_every=7)
     with JudgeServer(faults) as judge:
@@ -216,3 +227,25 @@ def test_a_local_ollama_judge_is_loaded_once_after_generation_and_unloaded(emula
     assert all(i > last_generation for i, e in enumerate(events) if e["stage"] == "judge")
     samples = rows(run_dir / "samples.csv")
     assert all(0.0 <= float(s[m]) <= 1.0 for s in samples for m in METRICS)
+
+
+def test_halving_the_judge_cap_really_lowers_calls_in_flight():
+    """What memory pressure does to the judge: the cap drops to half for the rest of the stage."""
+    import asyncio
+
+    from ragsweep.judge_client import JudgeClient, JudgeSpec
+
+    client = JudgeClient(JudgeSpec("openai/x", "openai/e", None, concurrency=4, timeout_s=1.0, retries=0, parse_retries=0, max_tokens=2048))
+
+    async def call():
+        await asyncio.sleep(0.01)
+
+    async def main():
+        await asyncio.gather(*(client._bounded(call) for _ in range(12)))
+        before = client.max_in_flight
+        client.max_in_flight = 0
+        assert await client.halve() == 2
+        await asyncio.gather(*(client._bounded(call) for _ in range(12)))
+        return before, client.max_in_flight
+
+    assert asyncio.run(main()) == (4, 2)

@@ -145,3 +145,35 @@ def test_fresh_recomputes_everything(tmp_path, config):
         args, env = command(emu, results, config)
         assert subprocess.run(args + ["--fresh"], capture_output=True, text=True, timeout=300, env=env).returncode == 0
         assert Counter(emu.state.work) - first == first  # the same work again
+
+
+def test_sigkill_during_judging_resumes_with_exactly_the_cells_left(tmp_path, config):
+    """Calls after the restart = the calls of the cells not yet scored (faithfulness 2, answer_relevancy 3, context_precision k, context_recall 1)."""
+    from judge_server import JudgeFaults, JudgeServer
+
+    calls_per_metric = {"faithfulness": 2, "answer_relevancy": 3, "context_precision": 3, "context_recall": 1}
+    results = tmp_path / "results"
+    with OllamaEmulator() as emu, JudgeServer(JudgeFaults(latency_s=0.01)) as judge:
+        args, env = command(emu, results, config)
+        args += ["--judge", "openai/judge", "--judge-base-url", f"{judge.url}/v1", "--judge-embeddings", "openai/embed", "--judge-concurrency", "2"]
+        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 180
+        while judge.state.chat_requests < 60:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.005)
+        process.kill()
+        process.wait()
+        time.sleep(0.3)  # the judge server finishes what the killed client had in flight
+        with sqlite3.connect(results / "ragsweep.sqlite") as db:
+            scored = dict(db.execute("SELECT metric, COUNT(*) FROM judge_cache GROUP BY metric").fetchall())
+        before_calls, before_work = judge.state.chat_requests, Counter(emu.state.work)
+        rerun = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+        assert rerun.returncode == 0, rerun.stderr
+        with sqlite3.connect(results / "ragsweep.sqlite") as db:
+            total = dict(db.execute("SELECT metric, COUNT(*) FROM judge_cache GROUP BY metric").fetchall())
+        assert Counter(emu.state.work) == before_work  # retrieval and generation came from the store
+        left_calls = sum((total[m] - scored.get(m, 0)) * calls_per_metric[m] for m in calls_per_metric)
+        assert judge.state.chat_requests - before_calls == left_calls > 0
+    run_dir = max(p for p in results.iterdir() if p.is_dir())
+    samples = list(csv.DictReader((run_dir / "samples.csv").open()))
+    assert len(samples) == 40 and all(s[m] for s in samples for m in calls_per_metric)  # every cell scored, none twice

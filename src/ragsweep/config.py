@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .judge_client import METRICS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -66,11 +67,21 @@ class Settings(BaseModel):
     judge_parse_retries: int = Field(default=2, ge=0)  # re-asks when the judge's JSON does not parse
     judge_max_tokens: int = Field(default=2048, ge=256)  # small judges stop mid-JSON below 2048
     judge_num_ctx: int = Field(default=8192, ge=2048)  # an Ollama judge's context: its prompts are long
+    judge_metric_timeout_s: dict[str, float] = Field(default_factory=dict)  # per metric, e.g. {faithfulness: 300}: seconds for all of a cell's calls
+    judge_metric_parse_retries: dict[str, int] = Field(default_factory=dict)  # per metric re-asks on unparseable JSON, e.g. {context_recall: 4}
     max_judge_cost: float | None = Field(default=None, gt=0)  # USD: stop judging cleanly when reached
     baseline: str | None = None  # an earlier run id: report.html adds per-metric deltas against it
     fresh: bool = False  # ignore the caches (recompute everything; results are still cached for next time)
     results_dir: Path = REPO_ROOT / "results"
     ollama_host: str = "http://localhost:11434"
+
+    @field_validator("judge_metric_timeout_s", "judge_metric_parse_retries")
+    @classmethod
+    def _known_metrics(cls, value: dict) -> dict:
+        unknown = sorted(set(value) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r} (known: {', '.join(METRICS)})")
+        return value
 
     def public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

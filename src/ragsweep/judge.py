@@ -19,13 +19,12 @@ from dataclasses import dataclass
 
 from .config import Settings
 from .errors import ConfigError, MissingPackageError
-from .judge_client import JudgeClient, JudgeSpec, Usage, classify, current_cell
+from .judge_client import METRICS, JudgeClient, JudgeSpec, Usage, classify, current_cell
 from .memory import device_used_bytes
 from .progress import bar
 from .run import RunContext
 
 STAGE = "judge"
-METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
 CALLS_PER_SAMPLE = "6 + k"  # faithfulness 2, answer_relevancy 3, context_precision k, context_recall 1
 
 
@@ -60,6 +59,8 @@ def resolve_judge(settings: Settings, default_concurrency: int, environ: dict[st
         parse_retries=settings.judge_parse_retries,
         max_tokens=settings.judge_max_tokens,
         num_ctx=settings.judge_num_ctx if model.startswith("ollama") else None,
+        metric_timeout_s=settings.judge_metric_timeout_s,
+        metric_parse_retries=settings.judge_metric_parse_retries,
     )
 
 
@@ -175,7 +176,9 @@ async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo
 
 
 def _metric_timeout(spec: JudgeSpec, cell: Cell) -> float:
-    """Room for every sequential call of the metric, each with its retries."""
+    """The configured per-metric timeout, else room for every sequential call of the metric, each with its retries."""
+    if cell.metric in spec.metric_timeout_s:
+        return spec.metric_timeout_s[cell.metric]
     calls = {"faithfulness": 2, "answer_relevancy": 5, "context_precision": len(cell.inputs.get("retrieved_contexts", [])), "context_recall": 1}[cell.metric]
     return spec.timeout_s * max(calls, 1) * (spec.retries + 1) * (spec.parse_retries + 1)
 

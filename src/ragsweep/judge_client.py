@@ -19,6 +19,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 CAUSES = ("timeout", "rate_limit", "server_error", "parse_error", "undefined")
+METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
 TEMPERATURE, TOP_P = 0.01, 0.1  # ragas's deterministic defaults, part of the judge's identity
 
 
@@ -33,6 +34,8 @@ class JudgeSpec:
     parse_retries: int  # re-asks when the judge's JSON does not parse
     max_tokens: int  # small judges need >= 2048 or they stop mid-JSON
     num_ctx: int | None = None  # for an Ollama judge: its prompts are 1.7-5.8 k characters before contexts
+    metric_timeout_s: dict[str, float] = field(default_factory=dict)  # per metric, over all its calls; else derived from timeout_s
+    metric_parse_retries: dict[str, int] = field(default_factory=dict)  # per metric; else parse_retries
 
     @property
     def identity(self) -> str:
@@ -123,8 +126,11 @@ class JudgeClient:
             extra["api_key"] = os.environ.get("OPENAI_API_KEY") or "not-needed"  # local OpenAI-compatible servers ignore it
         if spec.model.startswith("ollama"):
             extra.update(num_ctx=spec.num_ctx, keep_alive="30m")
-        llm = llm_factory(spec.model, provider="litellm", client=self.complete, adapter="instructor", max_tokens=spec.max_tokens,
-                          temperature=TEMPERATURE, top_p=TOP_P, max_retries=spec.parse_retries + 1, num_retries=0, timeout=spec.timeout_s, **extra)  # fmt: skip
+        def llm_for(metric: str):
+            re_asks = spec.metric_parse_retries.get(metric, spec.parse_retries)
+            return llm_factory(spec.model, provider="litellm", client=self.complete, adapter="instructor", max_tokens=spec.max_tokens,
+                               temperature=TEMPERATURE, top_p=TOP_P, max_retries=re_asks + 1, num_retries=0, timeout=spec.timeout_s, **extra)  # fmt: skip
+
         client = self
 
         class BoundedEmbeddings(LiteLLMEmbeddings):
@@ -137,10 +143,10 @@ class JudgeClient:
         embedding_extra = {k: v for k, v in extra.items() if k in {"api_base", "api_key"}}
         embeddings = BoundedEmbeddings(model=spec.embeddings, timeout=int(spec.timeout_s), max_retries=0, **embedding_extra)
         return {
-            "faithfulness": Faithfulness(llm=llm),
-            "answer_relevancy": AnswerRelevancy(llm=llm, embeddings=embeddings),
-            "context_precision": ContextPrecision(llm=llm),
-            "context_recall": ContextRecall(llm=llm),
+            "faithfulness": Faithfulness(llm=llm_for("faithfulness")),
+            "answer_relevancy": AnswerRelevancy(llm=llm_for("answer_relevancy"), embeddings=embeddings),
+            "context_precision": ContextPrecision(llm=llm_for("context_precision")),
+            "context_recall": ContextRecall(llm=llm_for("context_recall")),
         }
 
 

@@ -17,10 +17,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .judge_client import METRICS
 from .memory import bytes_in_use
 from .store import Store
 
-JUDGE_METRICS = ["faithfulness", "answer_relevancy", "context_precision", "context_recall"]
+JUDGE_METRICS = list(METRICS)
 SAMPLE_COLUMNS = [
     "embedding_model", "llm", "question_id", "question", "reference", "answer", "retrieved_ids",
     "recall_at_k", "mrr", "ndcg_at_k", "exact_match", "token_f1", *JUDGE_METRICS, "latency_s", "prompt_tokens",
