@@ -397,13 +397,10 @@ def _handler_for(emulator: OllamaEmulator):
                     self.close_connection = True
                     self.connection.shutdown(2)  # the runner's host went away mid-request: no answer at all
                     return
-                if fault and fault.kind == "hang":
-                    time.sleep(fault.hang_s)  # a runaway generation: the answer comes far too late
-                    fault = None
                 if fault and fault.kind == "leftover":
                     emulator.release(emulator.acquire(CATALOGUE[fault.leftover], 4096, FOREVER))  # another client's model, pinned
                     raise HTTPError(500, OOM_MESSAGE)
-                if fault and not fault.mid_stream:
+                if fault and not fault.mid_stream and fault.kind == "error":
                     raise HTTPError(fault.status, fault.message)
                 handler = getattr(self, "_" + (self.path.strip("/").replace("/", "_").lstrip("_") or "root"))
                 status, payload = handler(body, fault)
@@ -427,12 +424,15 @@ def _handler_for(emulator: OllamaEmulator):
             self._send(status, json.dumps(payload).encode(), "application/json; charset=utf-8")
 
         def _send(self, status: int, data: bytes, content_type: str):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (its watchdog cut the call)
 
         # endpoints ---------------------------------------------------------------------------
         def _root(self, body, fault):
@@ -491,6 +491,8 @@ def _handler_for(emulator: OllamaEmulator):
             try:
                 if empty:
                     return 200, {**base, **blank, "done": True, "done_reason": "load"}
+                if fault and fault.kind == "hang":
+                    time.sleep(fault.hang_s)  # a runaway generation: it holds its runner ("Stopping..." after an unload) until it ends
                 time.sleep(emulator.call_s)
                 with emulator.lock:
                     emulator.state.work[("answers", card.name)] += 1

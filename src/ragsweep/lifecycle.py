@@ -84,7 +84,9 @@ class Resident:
             return getattr(self.model, method)(*args)
 
     def reload(self) -> None:
+        """Replace a crashed or hung model: unload it, wait until its runner and memory are gone, load again."""
         self.close()
+        clean_state(self._backend, self._log, self._stage, model=self.info.name)
         self.model = self._load(reason="reload after failure")
 
     def close(self) -> None:
