@@ -43,7 +43,6 @@ from ragsweep.runlog import RunLog
 from ragsweep.store import Store
 from ragsweep.testset import load_corpus, load_questions
 
-
 JUDGE_HINT = "no judge: set OPENAI_API_KEY for gpt-4o-mini, or pass --judge ollama_chat/NAME (local) or --judge openai/NAME --judge-base-url URL"
 
 

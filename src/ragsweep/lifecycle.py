@@ -1,17 +1,17 @@
 """Load once, use for all of a stage's work, unload, and verify that memory came back.
 
-Every stage goes through `resident_model`, so the ledger has the same three snapshots per model
-(before_load, loaded, after_unload) and events.jsonl the same load/unload pair.
+Every stage goes through `resident_model`, so the ledger has the same snapshots per model
+(clean, before_load, loaded, before_unload, after_unload) and events.jsonl the same
+model_load / model_unload / unload_verified sequence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-from .backends.base import Backend, GenerationOptions, LoadedModel, ModelInfo
 from dataclasses import replace
 
+from .backends.base import Backend, GenerationOptions, LoadedModel, ModelInfo
 from .errors import MemoryNotReleasedError, ModelCallError, ModelUnavailableError
 from .memory import device_used_bytes, ensure_clean_gpu_state
 from .runlog import RunLog

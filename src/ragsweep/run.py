@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-import secrets
 
 from .backends.base import Backend, GenerationOptions
 from .config import Settings

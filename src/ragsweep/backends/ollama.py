@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import difflib
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 import numpy as np
-from collections.abc import Callable
-
 from tenacity import retry, retry_if_exception, wait_exponential_jitter
 
 from ..errors import BackendUnavailableError, ConfigError, ModelCallError, ModelNotFoundError
