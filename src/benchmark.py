@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="re-judge only the failed cells of the latest run")
     p.add_argument("--results-dir", help="where runs and the results database go")
     p.add_argument("--ollama-host", help="Ollama server URL (default: OLLAMA_HOST or http://localhost:11434)")
+    p.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="watchdog per model call, seconds (default 120 + 2 per max token)")
+    p.add_argument("--max-failures", type=float, help="stop after N failed samples (or a share, e.g. 0.2)")
     p.add_argument("--fresh", action="store_true", default=None, help="ignore cached embeddings and answers")
     p.add_argument("--baseline", help="an earlier run id: report.html compares against it")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")

@@ -55,7 +55,7 @@ def test_transient_faults_are_retried_and_every_sample_answered(tmp_path, fault,
 def test_a_hang_is_cut_by_the_watchdog_reloaded_and_retried_once(tmp_path):
     with OllamaEmulator() as emu:
         emu.add_fault(Fault("/api/chat", kind="hang", hang_s=3, count=1, model="llama3.2:3b", when="work"))
-        result = run(emu, tmp_path / "results", config="request_timeout_s: 1\n")
+        result = run(emu, tmp_path / "results", "--request-timeout", "1")
         loads = emu.state.loads["llama3.2:3b"]
     assert result.returncode == 0, result.stderr
     samples, events, report = outcome(tmp_path / "results")
@@ -105,7 +105,7 @@ def _wait(condition, timeout_s: float = 60) -> None:
 def test_failure_budget_stops_a_run_that_fails_everything(tmp_path):
     with OllamaEmulator() as emu:
         emu.add_fault(Fault("/api/chat", 400, "invalid request", count=1000, model="llama3.2:3b", when="work"))
-        result = run(emu, tmp_path / "results", "--llms", "llama3.2:3b,qwen2.5:7b", limit="10", config="max_failures: 0.15\n")  # 15 % of 20 = 3
+        result = run(emu, tmp_path / "results", "--llms", "llama3.2:3b,qwen2.5:7b", "--max-failures", "0.15", limit="10")  # 15 % of 20 = 3
     assert result.returncode == 1
     assert "stopped: failure budget" in result.stdout
     samples, events, report = outcome(tmp_path / "results")
