@@ -195,12 +195,9 @@ def _sweep(ctx: RunContext, plan: Plan, chunks, questions, timings: dict[str, fl
 
 
 def _exit_code(ctx: RunContext, failed_retrievers: int = 0) -> int:
-    unverified = [e for e in ctx.store.events(ctx.run_id) if e["event"] == "memory_not_released"]
-    for event in unverified:
-        ctx.note(f"{event['model'] or 'clean-up'}: {event['message']}", event["stage"])
-    unjudged = sum(1 for j in ctx.store.judgements(ctx.run_id) if j["value"] is None)
-    if unjudged:
-        ctx.note(f"{unjudged} judge cells failed (NaN): see judge_errors.csv; retry them with --retry-failed", "judge")
+    """1 when anything failed. The report shows the details from the store (faults, judge errors), so nothing is noted twice."""
+    unverified = any(e["event"] == "memory_not_released" for e in ctx.store.events(ctx.run_id))
+    unjudged = any(j["value"] is None for j in ctx.store.judgements(ctx.run_id))
     return errors.EXIT_FAILURES if ctx.failures or failed_retrievers or unverified or unjudged else errors.EXIT_OK
 
 
@@ -305,6 +302,12 @@ def _print_outcome(ctx: RunContext, summary, timings, status: str, exit_code: in
         print_summary(summary, out)
         for note in ctx.notes:
             out.print(f"note: {note}")
+        for event in ctx.store.events(ctx.run_id):
+            if event["event"] == "memory_not_released":
+                out.print(f"note: {event['model'] or 'clean-up'}: {event['message']}")
+        unjudged = sum(1 for j in ctx.store.judgements(ctx.run_id) if j["value"] is None)
+        if unjudged:
+            out.print(f"note: {unjudged} judge cells failed (NaN): see judge_errors.csv; retry them with --retry-failed")
     if exit_code in (errors.EXIT_SIGINT, errors.EXIT_SIGTERM, errors.EXIT_BACKEND) or status.startswith("stopped"):
         line += " — run the same command again to resume (finished work is reused)"
     print(line)

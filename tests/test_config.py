@@ -31,7 +31,7 @@ def test_unknown_key_names_file_line_and_key(tmp_path):
     config = write(tmp_path, "top_k: 3\ntop_kk: 4\n")
     with pytest.raises(ConfigError) as caught:
         load_settings(config, {}, environ={})
-    assert f"{config}:2: field 'top_kk': unknown setting 'top_kk'" in str(caught.value)
+    assert str(caught.value) == f"{config}:2: field 'top_kk': unknown setting 'top_kk' — did you mean 'top_k'?"
 
 
 def test_bad_value_names_its_origin(tmp_path):

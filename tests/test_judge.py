@@ -132,6 +132,8 @@ def test_retry_failed_rejudges_only_the_failed_cells(emulator, tmp_path, strict)
         made = judge.state.chat_requests - before
     assert rows(latest(tmp_path) / "judge_errors.csv") == []
     assert 0 < made <= failed * (6 + 3)  # only the failed cells were asked again
+    report = (latest(tmp_path) / "report.md").read_text()
+    assert "Failed cells by cause: none" in report and "retry them" not in report  # no stale note from the first pass
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1  # in place: no new run
 
 

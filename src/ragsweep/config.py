@@ -7,6 +7,7 @@ environment itself), so dumping it into run.json is safe.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -167,8 +168,9 @@ def _describe_validation_error(error: ValidationError, origins: dict[str, str], 
     first = error.errors()[0]
     field = str(first["loc"][0]) if first["loc"] else "?"
     if first["type"] == "extra_forbidden":
-        known = ", ".join(Settings.model_fields)
-        return f"{origins.get(field, path)}: unknown setting '{field}' (known: {known})"
+        close = difflib.get_close_matches(field, list(Settings.model_fields), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(Settings.model_fields)}"
+        return f"{origins.get(field, path)}: unknown setting '{field}' — {hint}"
     where = origins.get(field, f"setting '{field}'")
     return f"{where}: {first['msg']} (got {first.get('input')!r})"
 

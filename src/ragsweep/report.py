@@ -176,7 +176,8 @@ def render_markdown(report: RunReport) -> str:
             for u in usage
         ])  # fmt: skip
         causes = Counter(j["cause"] for j in report.judge_errors)
-        lines += ["", "Failed cells by cause: " + (", ".join(f"{cause} {n}" for cause, n in causes.most_common()) or "none") + " (judge_errors.csv)"]
+        lines += ["", "Failed cells by cause: " + (", ".join(f"{cause} {n}" for cause, n in causes.most_common()) or "none") + " (judge_errors.csv"
+                  + ("; retry them with --retry-failed)" if causes else ")")]
     lines += ["", "## Memory", "", f"Measured as {memory['source']}, in GB.", "", "### Targets", ""]
     lines += [f"- [{'x' if ok else ' '}] {name} ({detail})" for name, ok, detail in memory["targets"]]
     lines += ["", "### Peak per stage", ""]
