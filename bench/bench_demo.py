@@ -7,22 +7,23 @@ Usage: python bench/bench_demo.py [--limit N] [extra benchmark.py flags]
 """
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from cli import latest_run_dir, run_cli  # noqa: E402
 
 
 def run(results: Path, extra: list[str]) -> dict:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(REPO / "src" / "benchmark.py"), "--quiet", "--results-dir", str(results), *extra], capture_output=True, text=True)
+    done = run_cli("--quiet", "--results-dir", results, *extra, timeout=3600)
     elapsed = time.perf_counter() - start
     if done.returncode not in (0, 1):
         sys.exit(f"benchmark failed ({done.returncode}): {done.stderr.strip()}")
-    run_dir = max(p for p in results.iterdir() if p.is_dir())
+    run_dir = latest_run_dir(results)
     record = json.loads((run_dir / "run.json").read_text())
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     return {"process_s": elapsed, "timings": record["timings"], "events": events, "summary": done.stdout.strip()}

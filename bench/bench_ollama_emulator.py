@@ -9,16 +9,14 @@ Usage: python bench/bench_ollama_emulator.py [--limit N]
 
 import csv
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from cli import emulated_gpu_env, latest_run_dir, ollama_flags, run_cli  # noqa: E402
 from ollama_emulator import EMBEDDINGS, LLMS, OllamaEmulator, seed_way  # noqa: E402
 
 GB = 1e9
@@ -26,33 +24,55 @@ GB = 1e9
 
 def ragsweep_run(limit: int) -> None:
     with OllamaEmulator() as emu, tempfile.TemporaryDirectory() as results:
-        env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emu.url)
-        command = [sys.executable, str(REPO / "src" / "benchmark.py"), "--backend", "ollama", "--ollama-host", emu.url, "--llms", ",".join(LLMS),
-                   "--embeddings", ",".join(EMBEDDINGS), "--limit", str(limit), "--results-dir", results, "--quiet"]  # fmt: skip
+        args = [
+            *ollama_flags(emu),
+            "--llms",
+            ",".join(LLMS),
+            "--embeddings",
+            ",".join(EMBEDDINGS),
+            "--limit",
+            limit,
+            "--results-dir",
+            results,
+            "--quiet",
+        ]
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        done = run_cli(*args, env=emulated_gpu_env(emu), timeout=3600)
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
             sys.exit(f"ragsweep failed ({done.returncode}): {done.stderr.strip()}")
-        run_dir = next(p for p in Path(results).iterdir() if p.is_dir())
+        run_dir = latest_run_dir(Path(results))
         timings = json.loads((run_dir / "run.json").read_text())["timings"]
         ledger = list(csv.DictReader((run_dir / "memory.csv").open()))
         baselines = [int(r["device_used_bytes"]) for r in ledger if r["label"] == "after_unload"]
         requests = sum(emu.state.requests.values())
         print(f"ragsweep: {done.stdout.strip()}")
-        print(f"  model loads: {sum(emu.state.loads.values())} (E + L = {len(EMBEDDINGS) + len(LLMS)}; the seed's loop would make E x L = {len(EMBEDDINGS) * len(LLMS)} load requests)")
-        print(f"  peak device use {emu.state.peak_device_used / GB:.2f} GB of 12.88 (target <= 10); baseline after unloads max {max(baselines) / GB:.2f} GB (target < 2)")
-        print(f"  out-of-memory errors: {emu.state.oom_errors}; evictions forced on Ollama: {emu.state.evictions}; HTTP requests: {requests}")
+        print(
+            f"  model loads: {sum(emu.state.loads.values())} (E + L = {len(EMBEDDINGS) + len(LLMS)}; the seed's loop would make "
+            f"E x L = {len(EMBEDDINGS) * len(LLMS)} load requests)"
+        )
+        print(
+            f"  peak device use {emu.state.peak_device_used / GB:.2f} GB of 12.88 (target <= 10); baseline after unloads max "
+            f"{max(baselines) / GB:.2f} GB (target < 2)"
+        )
+        print(
+            f"  out-of-memory errors: {emu.state.oom_errors}; evictions forced on Ollama: {emu.state.evictions}; HTTP requests: {requests}"
+        )
         harness = timings["wall_s"] - timings["model_call_s"]
-        print(f"  process wall {elapsed:.1f} s; sweep wall {timings['wall_s']:.1f} s; inside model calls {timings['model_call_s']:.1f} s; "
-              f"harness {harness:.1f} s ({harness / timings['wall_s']:.0%} of sweep wall; {harness / requests * 1000:.1f} ms per request)")  # fmt: skip
+        print(
+            f"  process wall {elapsed:.1f} s; sweep wall {timings['wall_s']:.1f} s; inside model calls {timings['model_call_s']:.1f} s; "
+            f"harness {harness:.1f} s ({harness / timings['wall_s']:.0%} of sweep wall; {harness / requests * 1000:.1f} ms per request)"
+        )
 
 
 def seed_run() -> None:
     with OllamaEmulator() as emu:
         errors = seed_way(emu)
         print("seed's loop (E x L, default keep_alive, no unloads), one question per pair:")
-        print(f"  model loads: {sum(emu.state.loads.values())}; evictions: {emu.state.evictions}; peak {emu.state.peak_device_used / GB:.2f} GB; out-of-memory errors: {len(errors)}")
+        print(
+            f"  model loads: {sum(emu.state.loads.values())}; evictions: {emu.state.evictions}; peak "
+            f"{emu.state.peak_device_used / GB:.2f} GB; out-of-memory errors: {len(errors)}"
+        )
 
 
 if __name__ == "__main__":

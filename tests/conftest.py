@@ -22,16 +22,48 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 @pytest.fixture
 def tiny_corpus(tmp_path: Path) -> Path:
-    return write_jsonl(tmp_path / "corpus.jsonl", [
-        {"id": "d1", "title": "Cats", "text": "Cats sleep most of the day and hunt mice at night."},
-        {"id": "d2", "title": "Paris", "text": "Paris is the capital of France, on the river Seine."},
-        {"id": "d3", "title": "Rust", "text": "Rust is a systems programming language focused on safety."},
-    ])  # fmt: skip
+    return write_jsonl(
+        tmp_path / "corpus.jsonl",
+        [
+            {"id": "d1", "title": "Cats", "text": "Cats sleep most of the day and hunt mice at night."},
+            {"id": "d2", "title": "Paris", "text": "Paris is the capital of France, on the river Seine."},
+            {"id": "d3", "title": "Rust", "text": "Rust is a systems programming language focused on safety."},
+        ],
+    )
 
 
 @pytest.fixture
 def tiny_testset(tmp_path: Path) -> Path:
-    return write_jsonl(tmp_path / "testset.jsonl", [
-        {"id": "q1", "question": "What is the capital of France?", "reference": "Paris", "reference_context_ids": ["d2"]},
-        {"id": "q2", "question": "What do cats hunt at night?", "reference": "mice", "reference_context_ids": ["d1"]},
-    ])  # fmt: skip
+    return write_jsonl(
+        tmp_path / "testset.jsonl",
+        [
+            {"id": "q1", "question": "What is the capital of France?", "reference": "Paris", "reference_context_ids": ["d2"]},
+            {"id": "q2", "question": "What do cats hunt at night?", "reference": "mice", "reference_context_ids": ["d1"]},
+        ],
+    )
+
+
+@pytest.fixture
+def emulator():
+    from ollama_emulator import OllamaEmulator
+
+    with OllamaEmulator() as emu:
+        yield emu
+
+
+@pytest.fixture
+def fake_gpu(emulator, monkeypatch):
+    """This process's NVML reads the emulated card (the subprocess tests use PYTHONPATH instead)."""
+    import importlib.util
+    import sys
+
+    from ragsweep import nvml
+
+    spec = importlib.util.spec_from_file_location("pynvml", REPO / "tests" / "fake_gpu" / "pynvml.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    monkeypatch.setenv("RAGSWEEP_TEST_GPU_URL", emulator.url)
+    nvml.library.cache_clear()  # NVML is opened once per process: open the fake one
+    yield emulator
+    nvml.library.cache_clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import random
 import re
 import threading
 import time
@@ -28,6 +29,7 @@ class JudgeFaults:
     garbage_every: int = 0  # every Nth chat request answers text that is not JSON
     always: str | None = None  # "rate_limit" | "server_error" | "garbage" for every chat request
     latency_s: float = 0.0
+    noisy: float = 0.0  # each verdict is 0 instead of 1 with this probability (seeded): a judge that varies between calls
 
 
 @dataclass
@@ -44,17 +46,22 @@ class JudgeServer:
         self.faults = faults or JudgeFaults()
         self.state = JudgeState()
         self.lock = threading.Lock()
+        self._random = random.Random(7)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> "JudgeServer":
+    def __enter__(self) -> JudgeServer:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def flip(self) -> bool:
+        with self.lock:
+            return self._random.random() < self.faults.noisy
 
     def fault_for(self, n: int) -> str | None:
         f = self.faults
@@ -66,20 +73,25 @@ class JudgeServer:
         return None
 
 
-def instance_of(schema: dict[str, Any], defs: dict[str, Any], name: str = "") -> Any:
-    """A small valid instance of a JSON schema: verdicts 1, 'noncommittal' 0, one item per list."""
+def judge_flags(server: JudgeServer) -> list[str]:
+    """The flags that point a run at this server as an openai/ judge (embeddings included)."""
+    return ["--judge", "openai/judge", "--judge-base-url", f"{server.url}/v1", "--judge-embeddings", "openai/embed"]
+
+
+def instance_of(schema: dict[str, Any], defs: dict[str, Any], name: str = "", flip=lambda: False) -> Any:
+    """A small valid instance of a JSON schema: verdicts 1 (0 when `flip()` says so), 'noncommittal' 0, one item per list."""
     if "$ref" in schema:
-        return instance_of(defs[schema["$ref"].split("/")[-1]], defs, name)
+        return instance_of(defs[schema["$ref"].split("/")[-1]], defs, name, flip)
     for key in ("anyOf", "oneOf", "allOf"):
         if key in schema:
-            return instance_of(schema[key][0], defs, name)
+            return instance_of(schema[key][0], defs, name, flip)
     kind = schema.get("type")
     if kind == "object" or "properties" in schema:
-        return {prop: instance_of(sub, defs, prop) for prop, sub in schema.get("properties", {}).items()}
+        return {prop: instance_of(sub, defs, prop, flip) for prop, sub in schema.get("properties", {}).items()}
     if kind == "array":
-        return [instance_of(schema.get("items", {"type": "string"}), defs, name)]
+        return [instance_of(schema.get("items", {"type": "string"}), defs, name, flip)]
     if kind == "integer":
-        return 0 if name == "noncommittal" else 1
+        return 0 if name == "noncommittal" or flip() else 1
     if kind == "number":
         return 1.0
     if kind == "boolean":
@@ -142,20 +154,36 @@ def _handler_for(server: JudgeServer):
                 n = server.state.chat_requests
             fault = server.fault_for(n)
             if fault == "rate_limit":
-                return self._send(429, {"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}}, {"Retry-After": "0"})
+                return self._send(
+                    429,
+                    {"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}},
+                    {"Retry-After": "0"},
+                )
             if fault == "server_error":
-                return self._send(500, {"error": {"message": "The server had an error while processing your request.", "type": "server_error"}})
+                return self._send(
+                    500, {"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}
+                )
             schema = _schema_in(body.get("messages", []))
             if fault == "garbage" or schema is None:
                 content = "I think the answer is mostly fine, but I cannot say more."
             else:
-                content = json.dumps(instance_of(schema, schema.get("$defs", {})))
+                content = json.dumps(instance_of(schema, schema.get("$defs", {}), flip=server.flip))
             prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-            self._send(200, {
-                "id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()), "model": body.get("model", "judge"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(content.split()), "total_tokens": prompt_tokens + len(content.split())},
-            })  # fmt: skip
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{n}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "judge"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": len(content.split()),
+                        "total_tokens": prompt_tokens + len(content.split()),
+                    },
+                },
+            )
 
         def _embeddings(self, body):
             with server.lock:
@@ -164,7 +192,15 @@ def _handler_for(server: JudgeServer):
             inputs = [inputs] if isinstance(inputs, str) else inputs
             data = [{"object": "embedding", "index": i, "embedding": _vector(str(text))} for i, text in enumerate(inputs)]
             tokens = sum(len(str(t).split()) for t in inputs)
-            self._send(200, {"object": "list", "data": data, "model": body.get("model", "embed"), "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": data,
+                    "model": body.get("model", "embed"),
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                },
+            )
 
         def _send(self, status: int, payload: dict, headers: dict[str, str] | None = None):
             with server.lock:

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -117,7 +117,8 @@ class Fault:
     count: int = 1
     model: str | None = None
     mid_stream: bool = False  # 200 with a trailing {"error"} line and no done chunk
-    kind: str = "error"  # error | reset (connection closed, no answer) | hang (answers after hang_s) | leftover (another client loads `leftover`, then OOM)
+    # error | reset (connection closed, no answer) | hang (answers after hang_s) | leftover (another client loads `leftover`, then OOM)
+    kind: str = "error"
     hang_s: float = 0.0
     leftover: str | None = None
     when: str = "any"  # any | load (empty prompt/messages/input) | work (a real request)
@@ -145,8 +146,17 @@ class EmulatorState:
 
 
 class OllamaEmulator:
-    def __init__(self, total_vram: int = 12 * 1024**3, linger_s: float = 0.15, vram_lag_s: float = 0.3, call_s: float = 0.002, version: str = "0.13.5",
-                 system_ram: int = 64 * 1024**3, foreign_bytes: int = 0, port: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        total_vram: int = 12 * 1024**3,
+        linger_s: float = 0.15,
+        vram_lag_s: float = 0.3,
+        call_s: float = 0.002,
+        version: str = "0.13.5",
+        system_ram: int = 64 * 1024**3,
+        foreign_bytes: int = 0,
+        port: int = 0,
+    ):
         self.state = EmulatorState(total_vram, linger_s, vram_lag_s, system_ram, foreign_bytes)
         self.call_s = call_s  # time "inside the model" per request
         self.version = version
@@ -157,7 +167,7 @@ class OllamaEmulator:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
     # lifecycle ---------------------------------------------------------------------------
-    def start(self) -> "OllamaEmulator":
+    def start(self) -> OllamaEmulator:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         threading.Thread(target=self._reaper, daemon=True).start()
         return self
@@ -177,7 +187,11 @@ class OllamaEmulator:
     def device_used(self) -> int:
         now = time.monotonic()
         with self.lock:
-            return self.state.foreign_bytes + sum(r.allocated for r in self.state.runners.values()) + sum(b for t, b in self.state.freeing if t > now)
+            return (
+                self.state.foreign_bytes
+                + sum(r.allocated for r in self.state.runners.values())
+                + sum(b for t, b in self.state.freeing if t > now)
+            )
 
     def device(self) -> dict[str, Any]:
         with self.lock:
@@ -185,7 +199,13 @@ class OllamaEmulator:
             processes = [{"pid": r.pid, "used": r.allocated, "name": "ollama"} for r in self.state.runners.values()]
             if self.state.foreign_bytes:
                 processes.append({"pid": 4242, "used": self.state.foreign_bytes, "name": "Xorg"})
-            return {"total": self.state.total_vram, "used": used, "free": self.state.total_vram - used, "processes": processes, "name": f"Emulated GPU {self.state.total_vram / 1024**3:.0f} GiB"}
+            return {
+                "total": self.state.total_vram,
+                "used": used,
+                "free": self.state.total_vram - used,
+                "processes": processes,
+                "name": f"Emulated GPU {self.state.total_vram / 1024**3:.0f} GiB",
+            }
 
     def wait_idle(self, timeout_s: float = 10.0) -> None:
         """Until no request is being served (a killed client's last request still runs to its end)."""
@@ -260,12 +280,23 @@ class OllamaEmulator:
         ram_free = self.state.system_ram - sum(r.in_ram for r in self.state.runners.values())
         if in_ram > ram_free:
             self.state.oom_errors += 1
-            raise HTTPError(500, f"model requires more system memory ({in_ram / 1024**3:.1f} GiB) than is available ({ram_free / 1024**3:.1f} GiB)")
+            raise HTTPError(
+                500, f"model requires more system memory ({in_ram / 1024**3:.1f} GiB) than is available ({ram_free / 1024**3:.1f} GiB)"
+            )
         if allocated > self.state.total_vram - self.device_used():
             self.state.oom_errors += 1
             raise HTTPError(500, OOM_MESSAGE)
         self.state.next_pid += 1
-        runner = Runner(card, num_ctx, DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive, allocated, self.state.next_pid, in_ram, num_gpu, refcount=1)
+        runner = Runner(
+            card,
+            num_ctx,
+            DEFAULT_KEEP_ALIVE if keep_alive is None else keep_alive,
+            allocated,
+            self.state.next_pid,
+            in_ram,
+            num_gpu,
+            refcount=1,
+        )
         self.state.runners[card.name] = runner
         self.state.loads[card.name] += 1
         self.state.peak_device_used = max(self.state.peak_device_used, self.device_used())
@@ -313,7 +344,12 @@ def parse_keep_alive(value: Any) -> float | None:
         units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
         parts = re.findall(r"(-?\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value)
         if not parts or "".join(n + u for n, u in parts) != value:
-            raise HTTPError(400, f'time: missing unit in duration "{value}"' if re.fullmatch(r"-?\d+(\.\d+)?", value) else f'time: invalid duration "{value}"')
+            raise HTTPError(
+                400,
+                f'time: missing unit in duration "{value}"'
+                if re.fullmatch(r"-?\d+(\.\d+)?", value)
+                else f'time: invalid duration "{value}"',
+            )
         seconds = sum(float(n) * units[u] for n, u in parts)
         return FOREVER if seconds < 0 else seconds
     raise HTTPError(400, f"Unsupported type: '{type(value).__name__}'")
@@ -324,11 +360,18 @@ def _now_local() -> str:
 
 
 def _created_at() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _details(card: ModelCard) -> dict[str, Any]:
-    return {"parent_model": "", "format": "gguf", "family": card.family, "families": [card.family], "parameter_size": card.parameter_size, "quantization_level": card.quantization}
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": card.family,
+        "families": [card.family],
+        "parameter_size": card.parameter_size,
+        "quantization_level": card.quantization,
+    }
 
 
 def _embed(text: str, dims: int) -> list[float]:
@@ -351,7 +394,9 @@ def _structured(body: dict[str, Any]) -> str:
     """`format` (a JSON schema, or "json" with the schema in the prompt): answer with valid JSON, as Ollama does."""
     from judge_server import _schema_in, instance_of
 
-    schema = body["format"] if isinstance(body["format"], dict) else _schema_in(body.get("messages") or [{"content": body.get("prompt", "")}])
+    schema = (
+        body["format"] if isinstance(body["format"], dict) else _schema_in(body.get("messages") or [{"content": body.get("prompt", "")}])
+    )
     return json.dumps(instance_of(schema, schema.get("$defs", {})) if schema else {})
 
 
@@ -374,10 +419,16 @@ def _handler_for(emulator: OllamaEmulator):
 
         def _route(self, method: str):
             routes = {
-                "/": ("GET", "HEAD"), "/api/version": ("GET", "HEAD"), "/api/tags": ("GET",), "/api/ps": ("GET",),
-                "/api/show": ("POST",), "/api/generate": ("POST",), "/api/chat": ("POST",), "/api/embed": ("POST",),
+                "/": ("GET", "HEAD"),
+                "/api/version": ("GET", "HEAD"),
+                "/api/tags": ("GET",),
+                "/api/ps": ("GET",),
+                "/api/show": ("POST",),
+                "/api/generate": ("POST",),
+                "/api/chat": ("POST",),
+                "/api/embed": ("POST",),
                 "/_emulator/device": ("GET",),
-            }  # fmt: skip
+            }
             if emulator._stop.is_set():  # stopped: kept-alive connections die too, as with a killed server
                 self.close_connection = True
                 self.connection.shutdown(2)
@@ -445,23 +496,60 @@ def _handler_for(emulator: OllamaEmulator):
             return 200, emulator.device()
 
         def _api_tags(self, body, fault):
-            models = [{"name": c.name, "model": c.name, "modified_at": _now_local(), "size": c.disk_bytes, "digest": c.digest, "details": _details(c)} for c in CATALOGUE.values()]
+            models = [
+                {
+                    "name": c.name,
+                    "model": c.name,
+                    "modified_at": _now_local(),
+                    "size": c.disk_bytes,
+                    "digest": c.digest,
+                    "details": _details(c),
+                }
+                for c in CATALOGUE.values()
+            ]
             return 200, {"models": models}
 
         def _api_show(self, body, fault):
             card = emulator.card(body.get("model") or body.get("name"), "model '{name}' not found")
             capabilities = ["embedding"] if card.kind == "embedding" else ["completion", "tools"]
-            info = {"general.architecture": card.family, f"{card.family}.context_length": card.context_length, f"{card.family}.block_count": card.block_count}
-            return 200, {"modelfile": "", "parameters": "", "template": "", "details": _details(card), "model_info": info, "capabilities": capabilities, "modified_at": _now_local()}
+            info = {
+                "general.architecture": card.family,
+                f"{card.family}.context_length": card.context_length,
+                f"{card.family}.block_count": card.block_count,
+            }
+            return 200, {
+                "modelfile": "",
+                "parameters": "",
+                "template": "",
+                "details": _details(card),
+                "model_info": info,
+                "capabilities": capabilities,
+                "modified_at": _now_local(),
+            }
 
         def _api_ps(self, body, fault):
             now, rows = time.monotonic(), []
             with emulator.lock:
                 for runner in emulator.state.runners.values():
                     until = runner.expires_at if runner.stopping_since is None else runner.stopping_since
-                    expires = datetime(2318, 1, 1).astimezone() if until == FOREVER else datetime.now().astimezone() + timedelta(seconds=until - now)
+                    expires = (
+                        datetime(2318, 1, 1).astimezone()
+                        if until == FOREVER
+                        else datetime.now().astimezone() + timedelta(seconds=until - now)
+                    )
                     vram = runner.allocated - CUDA_CONTEXT
-                    rows.append({"name": runner.card.name, "model": runner.card.name, "size": vram + runner.in_ram, "digest": runner.card.digest, "details": _details(runner.card), "expires_at": expires.isoformat(), "size_vram": vram, "context_length": min(runner.num_ctx, runner.card.context_length)})
+                    rows.append(
+                        {
+                            "name": runner.card.name,
+                            "model": runner.card.name,
+                            "size": vram + runner.in_ram,
+                            "digest": runner.card.digest,
+                            "details": _details(runner.card),
+                            "expires_at": expires.isoformat(),
+                            "size_vram": vram,
+                            "context_length": min(runner.num_ctx, runner.card.context_length),
+                        }
+                    )
             rows.sort(key=lambda r: r["expires_at"], reverse=True)
             return 200, {"models": rows}
 
@@ -499,7 +587,14 @@ def _handler_for(emulator: OllamaEmulator):
                 source = json.dumps(body["messages"]) if chat else body["prompt"]
                 text = _answer(source.replace("\\n", "\n")) if not body.get("format") else _structured(body)
                 words = len(source.split())
-                metrics = {"total_duration": int((time.perf_counter() - start) * 1e9), "load_duration": load_ns, "prompt_eval_count": words, "prompt_eval_duration": int(emulator.call_s * 5e8), "eval_count": len(text.split()), "eval_duration": int(emulator.call_s * 5e8)}
+                metrics = {
+                    "total_duration": int((time.perf_counter() - start) * 1e9),
+                    "load_duration": load_ns,
+                    "prompt_eval_count": words,
+                    "prompt_eval_duration": int(emulator.call_s * 5e8),
+                    "eval_count": len(text.split()),
+                    "eval_duration": int(emulator.call_s * 5e8),
+                }
                 content = {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
                 if fault and fault.mid_stream:  # runner died after chunks went out: 200, error line, no done
                     return 200, [{**base, **content, "done": False}, {"error": fault.message}]
@@ -532,7 +627,13 @@ def _handler_for(emulator: OllamaEmulator):
                     emulator.state.work[("embedded", card.name)] += len(inputs)
                 vectors = [_embed(text, card.dims) for text in inputs]
                 tokens = sum(len(text.split()) for text in inputs)
-                return 200, {"model": body["model"], "embeddings": vectors, "total_duration": int((time.perf_counter() - start) * 1e9), "load_duration": load_ns, "prompt_eval_count": tokens}
+                return 200, {
+                    "model": body["model"],
+                    "embeddings": vectors,
+                    "total_duration": int((time.perf_counter() - start) * 1e9),
+                    "load_duration": load_ns,
+                    "prompt_eval_count": tokens,
+                }
             finally:
                 emulator.release(runner)
 
@@ -552,8 +653,10 @@ def seed_way(emu: OllamaEmulator) -> list[str]:
     with httpx.Client(base_url=emu.url, timeout=60) as client:
         for embedding in EMBEDDINGS:
             for llm in LLMS:
-                for reply in (client.post("/api/embed", json={"model": embedding, "input": ["a question"]}),
-                              client.post("/api/chat", json={"model": llm, "messages": [{"role": "user", "content": "hi"}], "stream": False})):  # fmt: skip
+                for reply in (
+                    client.post("/api/embed", json={"model": embedding, "input": ["a question"]}),
+                    client.post("/api/chat", json={"model": llm, "messages": [{"role": "user", "content": "hi"}], "stream": False}),
+                ):
                     if reply.status_code != 200:
                         errors.append(reply.json()["error"])
     return errors

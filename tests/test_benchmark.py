@@ -2,19 +2,12 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
-
 import benchmark
-
-
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "src" / "benchmark.py"), *args], capture_output=True, text=True, timeout=timeout)
+from cli import run_cli
 
 
 def events(run_dir: Path) -> list[dict]:
@@ -26,16 +19,26 @@ def matrix_run(tmp_path_factory):
     """One 2 x 2 run over 2 questions of a tiny corpus, then the same command again."""
     tmp = tmp_path_factory.mktemp("matrix")
     corpus = tmp / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"id": "d1", "title": "Cats", "text": "Cats sleep most of the day and hunt mice at night."},
-        {"id": "d2", "title": "Paris", "text": "Paris is the capital of France, on the river Seine."},
-        {"id": "d3", "title": "Rust", "text": "Rust is a systems programming language focused on memory safety."},
-    ]))  # fmt: skip
+    corpus.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"id": "d1", "title": "Cats", "text": "Cats sleep most of the day and hunt mice at night."},
+                {"id": "d2", "title": "Paris", "text": "Paris is the capital of France, on the river Seine."},
+                {"id": "d3", "title": "Rust", "text": "Rust is a systems programming language focused on memory safety."},
+            ]
+        )
+    )
     testset = tmp / "testset.jsonl"
-    testset.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"id": "q1", "question": "What is the capital of France?", "reference": "Paris", "reference_context_ids": ["d2"]},
-        {"id": "q2", "question": "What do cats hunt at night?", "reference": "mice", "reference_context_ids": ["d1"]},
-    ]))  # fmt: skip
+    testset.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"id": "q1", "question": "What is the capital of France?", "reference": "Paris", "reference_context_ids": ["d2"]},
+                {"id": "q2", "question": "What do cats hunt at night?", "reference": "mice", "reference_context_ids": ["d1"]},
+            ]
+        )
+    )
     args = ["--corpus", str(corpus), "--testset", str(testset), "--top-k", "2", "--results-dir", str(tmp / "results")]
     first = run_cli(*args)
     second = run_cli(*args, "--quiet")
@@ -51,7 +54,9 @@ def test_two_by_two_matrix_completes_with_every_output(matrix_run):
         assert (run_dir / name).is_file(), name
     samples = list(csv.DictReader((run_dir / "samples.csv").open()))
     assert len(samples) == 2 * 2 * 2
-    assert {(s["embedding_model"], s["llm"]) for s in samples} == {(e, l) for e in ("all-minilm-l6-v2", "bm25") for l in ("smollm2-135m", "gemma3-270m")}
+    assert {(s["embedding_model"], s["llm"]) for s in samples} == {
+        (e, llm) for e in ("all-minilm-l6-v2", "bm25") for llm in ("smollm2-135m", "gemma3-270m")
+    }
     for sample in samples:
         assert sample["answer"].strip() and not sample["error"]
         assert float(sample["recall_at_k"]) == 1.0  # three documents, top-2, the gold one is obvious

@@ -18,13 +18,30 @@ def test_demo_config_resolves_paths_relative_to_the_file():
     assert settings.llms == ["smollm2-135m", "gemma3-270m"] and settings.limit == 20
 
 
-def test_precedence_cli_over_file_over_env(tmp_path):
-    config = write(tmp_path, f"top_k: 5\nlimit: 7\ncorpus: {DEFAULT_CONFIG.parent / '../data/demo/corpus.jsonl'}\ntestset: {DEFAULT_CONFIG.parent / '../data/demo/testset.jsonl'}\n")
-    env = {"RAGSWEEP_LLMS": "a,b", "RAGSWEEP_JUDGE": "none"}
-    settings = load_settings(config, {"top_k": 2, "limit": None}, environ=env)
-    assert settings.top_k == 2  # CLI wins over file
-    assert settings.limit == 7  # file wins when the CLI flag is absent
-    assert settings.llms == ["a", "b"]  # env fills what file and CLI leave out
+def test_precedence_flags_over_env_over_file_over_defaults(tmp_path):
+    """One key set in every layer, the layers peeled from the top: any two swapped and an assert fails."""
+    demo = (
+        f"corpus: {DEFAULT_CONFIG.parent / '../data/demo/corpus.jsonl'}\ntestset: {DEFAULT_CONFIG.parent / '../data/demo/testset.jsonl'}\n"
+    )
+    config = write(tmp_path, f"llms: [from-file]\n{demo}")
+    env = {"RAGSWEEP_LLMS": "from-env"}
+    layers = [
+        (load_settings(config, {"llms": "from-flag"}, environ=env), ["from-flag"], "--llms"),
+        (load_settings(config, {"llms": None}, environ=env), ["from-env"], "environment variable RAGSWEEP_LLMS"),
+        (load_settings(config, {}, environ={}), ["from-file"], f"{config}:1: field 'llms'"),
+        (load_settings(write(tmp_path, demo), {}, environ={}), ["smollm2-135m", "gemma3-270m"], "built-in default"),
+    ]
+    for settings, llms, origin in layers:
+        assert (settings.llms, settings.origin("llms")) == (llms, origin)
+
+
+def test_the_environment_overrides_the_implicit_demo_config():
+    """Without --config, configs/demo.yaml is the defaults: RAGSWEEP_* variables and .env take effect."""
+    settings = load_settings(
+        None, {}, environ={"RAGSWEEP_LLMS": "gemma3-270m", "RAGSWEEP_JUDGE": "gpt-4o-mini", "RAGSWEEP_BACKEND": "ollama"}
+    )
+    assert (settings.llms, settings.judge, settings.backend) == (["gemma3-270m"], "gpt-4o-mini", "ollama")
+    assert settings.origin("llms") == "environment variable RAGSWEEP_LLMS" and settings.origin("top_k").startswith(f"{DEFAULT_CONFIG}:")
 
 
 def test_unknown_key_names_file_line_and_key(tmp_path):
@@ -40,7 +57,7 @@ def test_bad_value_names_its_origin(tmp_path):
         load_settings(config, {}, environ={})
     with pytest.raises(ConfigError, match=r"--top-k: Input should be greater than or equal to 1"):
         load_settings(None, {"top_k": -1}, environ={})
-    with pytest.raises(ConfigError, match=r"environment variable RAGSWEEP_BACKEND: Input should be 'local' or 'ollama'"):
+    with pytest.raises(ConfigError, match=r"environment variable RAGSWEEP_BACKEND: unknown backend 'vllm' \(known: local, ollama\)"):
         load_settings(write(tmp_path, ""), {}, environ={"RAGSWEEP_BACKEND": "vllm"})
 
 
@@ -59,8 +76,9 @@ def test_invalid_yaml_and_overlap(tmp_path):
 
 
 def test_per_metric_judge_settings_name_known_metrics(tmp_path):
-    settings = load_settings(write(tmp_path, "judge_metric_timeout_s: {faithfulness: 300}\njudge_metric_parse_retries: {context_recall: 4}\n"), {}, environ={})
+    settings = load_settings(
+        write(tmp_path, "judge_metric_timeout_s: {faithfulness: 300}\njudge_metric_parse_retries: {context_recall: 4}\n"), {}, environ={}
+    )
     assert settings.judge_metric_timeout_s == {"faithfulness": 300.0} and settings.judge_metric_parse_retries == {"context_recall": 4}
-    with pytest.raises(ConfigError, match=r"run.yaml:1: field 'judge_metric_timeout_s': Value error, unknown metric 'faithfulnes'"):
+    with pytest.raises(ConfigError, match=r"run.yaml:1: field 'judge_metric_timeout_s': unknown metric 'faithfulnes'"):
         load_settings(write(tmp_path, "judge_metric_timeout_s: {faithfulnes: 300}\n"), {}, environ={})
-

@@ -2,32 +2,51 @@
 
 import csv
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from cli import emulated_gpu_env, latest_run_dir, ollama_flags, run_cli
 from conftest import REPO
 from ollama_emulator import OOM_MESSAGE, Fault, OllamaEmulator
 
 GIB = 1024**3
 
 
-def run(emu: OllamaEmulator, results: Path, *extra: str, llms="llama3.2:3b", embeddings="nomic-embed-text", limit="4", config: str = "", quiet=True) -> subprocess.CompletedProcess:
+def run(
+    emu: OllamaEmulator,
+    results: Path,
+    *extra: str,
+    llms="llama3.2:3b",
+    embeddings="nomic-embed-text",
+    limit="4",
+    config: str = "",
+    quiet=True,
+) -> subprocess.CompletedProcess:
     path = results.parent / f"{results.name}.yaml"
     path.write_text(f"corpus: {REPO / 'data/demo/corpus.jsonl'}\ntestset: {REPO / 'data/demo/testset.jsonl'}\n{config}")
-    env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emu.url)
-    args = [sys.executable, str(REPO / "src" / "benchmark.py"), "--config", str(path), "--backend", "ollama", "--ollama-host", emu.url,
-            "--llms", llms, "--embeddings", embeddings, "--limit", limit, "--results-dir", str(results), *(["--quiet"] if quiet else []), *extra]  # fmt: skip
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    args = [
+        "--config",
+        path,
+        *ollama_flags(emu),
+        "--llms",
+        llms,
+        "--embeddings",
+        embeddings,
+        "--limit",
+        limit,
+        "--results-dir",
+        results,
+        *extra,
+    ]
+    return run_cli(*args, *(["--quiet"] if quiet else []), env=emulated_gpu_env(emu))
 
 
 def outcome(results: Path) -> tuple[list[dict], list[dict], str]:
-    run_dir = max(p for p in results.iterdir() if p.is_dir())
+    run_dir = latest_run_dir(results)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     return list(csv.DictReader((run_dir / "samples.csv").open())), events, (run_dir / "report.md").read_text()
 
@@ -35,7 +54,16 @@ def outcome(results: Path) -> tuple[list[dict], list[dict], str]:
 @pytest.mark.parametrize(
     "fault, cause",
     [
-        (Fault("/api/chat", 500, "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, check ollama server logs for details", count=2), "runner_crash"),
+        (
+            Fault(
+                "/api/chat",
+                500,
+                "model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, check "
+                "ollama server logs for details",
+                count=2,
+            ),
+            "runner_crash",
+        ),
         (Fault("/api/chat", 503, "server busy, please try again.  maximum pending requests exceeded", count=2), "busy"),
         (Fault("/api/chat", kind="reset", count=1), "connection"),
     ],
@@ -145,7 +173,9 @@ def test_memory_pressure_halves_the_embedding_batch_and_unloads_other_models(tmp
     assert result.returncode == 0, result.stderr
     samples, events, report = outcome(tmp_path / "results")
     pressure = [e for e in events if e["event"] == "memory_pressure"]
-    assert [(e["stage"], e["batch_size"], e["new_batch_size"]) for e in pressure] == [("retrieve", 32, 16)]  # once, for the rest of the stage
+    assert [(e["stage"], e["batch_size"], e["new_batch_size"]) for e in pressure] == [
+        ("retrieve", 32, 16)
+    ]  # once, for the rest of the stage
     assert all(s["answer"] for s in samples)
     assert "memory pressure" in report and "batch 32 → 16" in report
 

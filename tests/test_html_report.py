@@ -1,17 +1,16 @@
 """report.html: parses, has every section, escapes what came from the test set or a model, rebuilds from the store alone."""
 
 import base64
-import os
 import re
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_jsonl
-from judge_server import JudgeServer
+from cli import emulated_gpu_env, ollama_flags
+from cli import run_cli as cli
+from conftest import write_jsonl
+from judge_server import JudgeServer, judge_flags
 from ollama_emulator import OllamaEmulator
 
 VOID = {"meta", "img", "br", "hr", "input", "link"}
@@ -40,29 +39,43 @@ class StrictParser(HTMLParser):
             self.headings.append(data)
 
 
-def cli(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "src" / "benchmark.py"), *args], capture_output=True, text=True, timeout=300, env=env)
-
-
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """A judged run on a test set with injected markup, then a second run with another top-k."""
     tmp = tmp_path_factory.mktemp("html")
-    corpus = write_jsonl(tmp / "corpus.jsonl", [
-        {"id": "d1", "title": "Paris <b>bold</b>", "text": "Paris is the capital of France, on the river Seine."},
-        {"id": "d2", "title": "Cats", "text": "Cats sleep most of the day and hunt mice at night."},
-        {"id": "d3", "title": "Rust", "text": "Rust is a systems programming language focused on memory safety."},
-    ])  # fmt: skip
-    testset = write_jsonl(tmp / "testset.jsonl", [
-        {"id": "q1", "question": INJECTED, "reference": "Paris", "reference_context_ids": ["d1"]},
-        {"id": "q2", "question": "What do cats hunt at night?", "reference": "mice", "reference_context_ids": ["d2"]},
-    ])  # fmt: skip
+    corpus = write_jsonl(
+        tmp / "corpus.jsonl",
+        [
+            {"id": "d1", "title": "Paris <b>bold</b>", "text": "Paris is the capital of France, on the river Seine."},
+            {"id": "d2", "title": "Cats", "text": "Cats sleep most of the day and hunt mice at night."},
+            {"id": "d3", "title": "Rust", "text": "Rust is a systems programming language focused on memory safety."},
+        ],
+    )
+    testset = write_jsonl(
+        tmp / "testset.jsonl",
+        [
+            {"id": "q1", "question": INJECTED, "reference": "Paris", "reference_context_ids": ["d1"]},
+            {"id": "q2", "question": "What do cats hunt at night?", "reference": "mice", "reference_context_ids": ["d2"]},
+        ],
+    )
     results = tmp / "results"
     with OllamaEmulator() as emu, JudgeServer() as judge:
-        env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emu.url)
-        common = ["--backend", "ollama", "--ollama-host", emu.url, "--llms", "llama3.2:3b,qwen2.5:7b", "--embeddings", "nomic-embed-text,bm25",
-                  "--corpus", str(corpus), "--testset", str(testset), "--results-dir", str(results), "--quiet",
-                  "--judge", "openai/judge", "--judge-base-url", f"{judge.url}/v1", "--judge-embeddings", "openai/embed"]  # fmt: skip
+        env = emulated_gpu_env(emu)
+        common = [
+            *ollama_flags(emu),
+            "--llms",
+            "llama3.2:3b,qwen2.5:7b",
+            "--embeddings",
+            "nomic-embed-text,bm25",
+            "--corpus",
+            str(corpus),
+            "--testset",
+            str(testset),
+            "--results-dir",
+            str(results),
+            "--quiet",
+            *judge_flags(judge),
+        ]
         first = cli(*common, "--top-k", "1", env=env)
         assert first.returncode == 0, first.stderr
         baseline = max(p.name for p in results.iterdir() if p.is_dir())
@@ -81,8 +94,18 @@ def test_html_parses_and_has_every_section(two_runs):
     parser = StrictParser()
     parser.feed(page(results, run_id))
     assert parser.stack == []
-    for heading in ("The seed's targets", "Leaderboard", "Matrix (LLM × embedding model)", "Quality against speed and memory", "Memory",
-                    "Failures and NaN", "Faults and recoveries", "Notes", f"Compared with {baseline}", "Samples"):  # fmt: skip
+    for heading in (
+        "The seed's targets",
+        "Leaderboard",
+        "Matrix (LLM × embedding model)",
+        "Quality against speed and memory",
+        "Memory",
+        "Failures and NaN",
+        "Faults and recoveries",
+        "Notes",
+        f"Compared with {baseline}",
+        "Samples",
+    ):
         assert heading in parser.headings, heading
 
 

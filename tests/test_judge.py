@@ -2,16 +2,15 @@
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from cli import emulated_gpu_env, latest_run_dir, ollama_flags, run_cli
 from conftest import REPO
-from judge_server import JudgeFaults, JudgeServer
-from ollama_emulator import OllamaEmulator
+from judge_server import JudgeFaults, JudgeServer, judge_flags
 from ragsweep.judge_client import classify
 
 METRICS = ["faithfulness", "answer_relevancy", "context_precision", "context_recall"]
@@ -19,17 +18,33 @@ SECRET = "sk-test-" + "A" * 24  # must never reach logs or results
 
 
 def run(emu, judge, results: Path, *extra, config: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emu.url, OPENAI_API_KEY=SECRET)
-    args = [sys.executable, str(REPO / "src" / "benchmark.py"), "--backend", "ollama", "--ollama-host", emu.url, "--llms", "llama3.2:3b,qwen2.5:7b",
-            "--embeddings", "nomic-embed-text", "--limit", "3", "--results-dir", str(results), "--quiet",
-            "--judge", "openai/gpt-4o-mini", "--judge-base-url", f"{judge.url}/v1", "--judge-embeddings", "openai/embed", *extra]  # fmt: skip
+    env = emulated_gpu_env(emu, OPENAI_API_KEY=SECRET)
+    args = [
+        *ollama_flags(emu),
+        "--llms",
+        "llama3.2:3b,qwen2.5:7b",
+        "--embeddings",
+        "nomic-embed-text",
+        "--limit",
+        "3",
+        "--results-dir",
+        str(results),
+        "--quiet",
+        "--judge",
+        "openai/gpt-4o-mini",
+        "--judge-base-url",
+        f"{judge.url}/v1",
+        "--judge-embeddings",
+        "openai/embed",
+        *extra,
+    ]
     if config:
         args += ["--config", str(config)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    return run_cli(*args, env=env)
 
 
 def latest(results: Path) -> Path:
-    return max(p for p in results.iterdir() if p.is_dir())
+    return latest_run_dir(results)
 
 
 def rows(path: Path) -> list[dict]:
@@ -37,16 +52,13 @@ def rows(path: Path) -> list[dict]:
 
 
 @pytest.fixture
-def emulator():
-    with OllamaEmulator() as emu:
-        yield emu
-
-
-@pytest.fixture
 def strict(tmp_path) -> Path:
     """No retries: one fault fails its cell, so causes map one to one."""
     path = tmp_path / "strict.yaml"
-    path.write_text(f"judge_retries: 0\njudge_parse_retries: 0\ncorpus: {REPO / 'data/demo/corpus.jsonl'}\ntestset: {REPO / 'data/demo/testset.jsonl'}\n")
+    path.write_text(
+        f"judge_retries: 0\njudge_parse_retries: 0\ncorpus: {REPO / 'data/demo/corpus.jsonl'}\ntestset: "
+        f"{REPO / 'data/demo/testset.jsonl'}\n"
+    )
     return path
 
 
@@ -78,7 +90,7 @@ def test_each_fault_becomes_nan_with_its_cause(emulator, tmp_path, strict, fault
     run_dir = latest(tmp_path)
     errors = rows(run_dir / "judge_errors.csv")
     assert len(errors) == 6 * 4 and {e["cause"] for e in errors} == {cause}
-    assert set(errors[0]) == {"question_id", "embedding_model", "llm", "metric", "cause", "message"}
+    assert set(errors[0]) == {"question_id", "embedding_model", "llm", "metric", "repeat", "cause", "message"}
     samples = rows(run_dir / "samples.csv")
     assert all(s[m] == "" for s in samples for m in METRICS)  # NaN is an empty cell, never a made-up score
     summary = rows(run_dir / "summary.csv")
@@ -87,7 +99,10 @@ def test_each_fault_becomes_nan_with_its_cause(emulator, tmp_path, strict, fault
 
 def test_a_per_metric_timeout_applies_to_that_metric_only(emulator, tmp_path):
     config = tmp_path / "timeouts.yaml"
-    config.write_text(f"judge_metric_timeout_s: {{faithfulness: 0.05}}\ncorpus: {REPO / 'data/demo/corpus.jsonl'}\ntestset: {REPO / 'data/demo/testset.jsonl'}\n")
+    config.write_text(
+        f"judge_metric_timeout_s: {{faithfulness: 0.05}}\ncorpus: {REPO / 'data/demo/corpus.jsonl'}\ntestset: "
+        f"{REPO / 'data/demo/testset.jsonl'}\n"
+    )
     with JudgeServer(JudgeFaults(latency_s=0.1)) as judge:
         result = run(emulator, judge, tmp_path, config=config)
     assert result.returncode == 1
@@ -170,8 +185,24 @@ def test_no_network_other_than_the_configured_judge(emulator, tmp_path, monkeypa
     sys.addaudithook(audit)
     monkeypatch.setenv("PYTHONPATH", str(REPO / "tests" / "fake_gpu"))
     with JudgeServer() as judge:
-        code = benchmark.main(["--backend", "ollama", "--ollama-host", emulator.url, "--llms", "llama3.2:3b", "--embeddings", "all-minilm", "--limit", "2",
-                               "--results-dir", str(tmp_path), "--quiet", "--judge", "openai/judge", "--judge-base-url", f"{judge.url}/v1", "--judge-embeddings", "openai/embed"])  # fmt: skip
+        code = benchmark.main(
+            [
+                "--backend",
+                "ollama",
+                "--ollama-host",
+                emulator.url,
+                "--llms",
+                "llama3.2:3b",
+                "--embeddings",
+                "all-minilm",
+                "--limit",
+                "2",
+                "--results-dir",
+                str(tmp_path),
+                "--quiet",
+                *judge_flags(judge),
+            ]
+        )
     recording["on"] = False
     assert code == 0, capsys.readouterr().err
     hosts = {address[0] if isinstance(address, tuple) else address for address in connects}
@@ -182,17 +213,20 @@ def test_no_network_other_than_the_configured_judge(emulator, tmp_path, monkeypa
 
 def test_without_a_judge_the_run_says_how_to_enable_one(emulator, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env.update(PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emulator.url)
-    result = subprocess.run([sys.executable, str(REPO / "src" / "benchmark.py"), "--backend", "ollama", "--ollama-host", emulator.url, "--llms", "llama3.2:3b",
-                             "--embeddings", "bm25", "--limit", "1", "--results-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    env = emulated_gpu_env(emulator)
+    result = run_cli(
+        *ollama_flags(emulator), "--llms", "llama3.2:3b", "--embeddings", "bm25", "--limit", "1", "--results-dir", tmp_path, env=env
+    )
     assert result.returncode == 0, result.stderr
-    assert "LLM-judged metrics (RAGAS) skipped — no judge: set OPENAI_API_KEY for gpt-4o-mini" in result.stdout
+    # the demo's settings pin `judge: none`, so a key alone would change nothing: the hint names the flag
+    assert (
+        "LLM-judged metrics (RAGAS) skipped — judging is off (judge: none); pass --judge gpt-4o-mini with OPENAI_API_KEY set"
+        in result.stdout
+    )
     assert not (latest(tmp_path) / "judge_errors.csv").exists()
 
 
 def test_classify_maps_errors_to_causes():
-    import asyncio
 
     class RateLimitError(Exception):
         status_code = 429
@@ -200,7 +234,7 @@ def test_classify_maps_errors_to_causes():
     class InstructorRetryException(Exception):
         pass
 
-    assert classify(asyncio.TimeoutError()) == "timeout"
+    assert classify(TimeoutError()) == "timeout"
     assert classify(RateLimitError()) == "rate_limit"
     wrapped = InstructorRetryException("gave up")
     wrapped.__cause__ = RateLimitError()
@@ -210,18 +244,37 @@ def test_classify_maps_errors_to_causes():
 
 
 def test_a_local_ollama_judge_is_loaded_once_after_generation_and_unloaded(emulator, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env.update(PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emulator.url)
-    args = [sys.executable, str(REPO / "src" / "benchmark.py"), "--backend", "ollama", "--ollama-host", emulator.url, "--llms", "llama3.2:3b",
-            "--embeddings", "nomic-embed-text", "--limit", "2", "--results-dir", str(tmp_path), "--quiet", "--judge", "ollama_chat/qwen2.5:7b"]  # fmt: skip
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    env = {k: v for k, v in emulated_gpu_env(emulator).items() if k != "OPENAI_API_KEY"}
+    args = [
+        *ollama_flags(emulator),
+        "--llms",
+        "llama3.2:3b",
+        "--embeddings",
+        "nomic-embed-text",
+        "--limit",
+        "2",
+        "--results-dir",
+        tmp_path,
+        "--quiet",
+        "--judge",
+        "ollama_chat/qwen2.5:7b",
+    ]
+    result = run_cli(*args, env=env)
     assert result.returncode == 0, result.stderr
     assert emulator.state.loads["qwen2.5:7b"] == 1  # LiteLLM's calls send the preload's num_ctx: no reload
     assert emulator.state.oom_errors == 0 and emulator.state.peak_device_used <= 10 * 10**9
     run_dir = latest(tmp_path)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
-    judge_events = [(e["event"], e["model"]) for e in events if e["stage"] == "judge" and e["event"] in {"model_load", "model_unload", "unload_verified"}]
-    assert [event for event in judge_events if event[1] == "qwen2.5:7b"] == [("model_load", "qwen2.5:7b"), ("model_unload", "qwen2.5:7b"), ("unload_verified", "qwen2.5:7b")]
+    judge_events = [
+        (e["event"], e["model"])
+        for e in events
+        if e["stage"] == "judge" and e["event"] in {"model_load", "model_unload", "unload_verified"}
+    ]
+    assert [event for event in judge_events if event[1] == "qwen2.5:7b"] == [
+        ("model_load", "qwen2.5:7b"),
+        ("model_unload", "qwen2.5:7b"),
+        ("unload_verified", "qwen2.5:7b"),
+    ]
     # answer_relevancy's embedding calls bring the embedding model in beside the judge; the clean-up takes it out
     assert ("model_unload", "nomic-embed-text:latest") in judge_events
     assert emulator.state.runners == {} or all(r.stopping_since is not None for r in emulator.state.runners.values())
@@ -239,15 +292,20 @@ def test_halving_the_judge_cap_really_lowers_calls_in_flight():
 
     client = JudgeClient(JudgeSpec("openai/x", "openai/e", None, concurrency=4, timeout_s=1.0, retries=0, parse_retries=0, max_tokens=2048))
 
-    async def call():
+    in_flight, peaks = [0], []
+
+    async def call():  # what the server would see: calls open at once
+        in_flight[0] += 1
+        peaks[-1] = max(peaks[-1], in_flight[0])
         await asyncio.sleep(0.01)
+        in_flight[0] -= 1
 
     async def main():
+        peaks.append(0)
         await asyncio.gather(*(client._bounded(call) for _ in range(12)))
-        before = client.max_in_flight
-        client.max_in_flight = 0
         assert await client.halve() == 2
+        peaks.append(0)
         await asyncio.gather(*(client._bounded(call) for _ in range(12)))
-        return before, client.max_in_flight
+        return tuple(peaks)
 
     assert asyncio.run(main()) == (4, 2)

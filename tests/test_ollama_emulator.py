@@ -19,7 +19,11 @@ def test_keep_alive_forms():
     assert parse_keep_alive(300) == 300 and parse_keep_alive(0.5) == 0.5 and parse_keep_alive(-1) == FOREVER
     assert parse_keep_alive("5m") == 300 and parse_keep_alive("0") == 0 and parse_keep_alive("1h30m") == 5400
     assert parse_keep_alive(None) is None
-    for bad, message in (("-1", 'time: missing unit in duration "-1"'), ("300", 'time: missing unit in duration "300"'), (True, "Unsupported type: 'bool'")):
+    for bad, message in (
+        ("-1", 'time: missing unit in duration "-1"'),
+        ("300", 'time: missing unit in duration "300"'),
+        (True, "Unsupported type: 'bool'"),
+    ):
         with pytest.raises(HTTPError) as caught:
             parse_keep_alive(bad)
         assert caught.value.status == 400 and caught.value.message == message
@@ -68,5 +72,7 @@ def test_embeddings_are_normalised_and_count_tokens(client):
 
 
 def test_bad_option_type_is_a_500(client):
-    reply = client.post("/api/chat", json={"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "x"}], "options": {"num_ctx": "x"}})
+    reply = client.post(
+        "/api/chat", json={"model": "qwen2.5:7b", "messages": [{"role": "user", "content": "x"}], "options": {"num_ctx": "x"}}
+    )
     assert reply.status_code == 500 and reply.json() == {"error": 'option "num_ctx" must be of type integer'}

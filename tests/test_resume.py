@@ -2,17 +2,16 @@
 
 import csv
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from cli import emulated_gpu_env, latest_run_dir, ollama_flags, run_cli, start_cli
 from conftest import REPO
 from ollama_emulator import CATALOGUE, OllamaEmulator
 
@@ -20,14 +19,36 @@ LLMS = "llama3.2:3b,qwen2.5:7b"
 EMBEDDINGS = "nomic-embed-text,all-minilm"
 QUESTIONS = 10
 TEXTS = 319 + QUESTIONS  # demo chunks + questions, each embedded once per embedding model
-RESULT_FIELDS = ["embedding_model", "llm", "question_id", "answer", "retrieved_ids", "recall_at_k", "mrr", "ndcg_at_k", "exact_match", "token_f1"]
+RESULT_FIELDS = [
+    "embedding_model",
+    "llm",
+    "question_id",
+    "answer",
+    "retrieved_ids",
+    "recall_at_k",
+    "mrr",
+    "ndcg_at_k",
+    "exact_match",
+    "token_f1",
+]
 
 
 def command(emu: OllamaEmulator, results: Path, config: Path) -> tuple[list[str], dict]:
-    env = dict(os.environ, PYTHONPATH=str(REPO / "tests" / "fake_gpu"), RAGSWEEP_TEST_GPU_URL=emu.url)
-    args = [sys.executable, str(REPO / "src" / "benchmark.py"), "--config", str(config), "--backend", "ollama", "--ollama-host", emu.url,
-            "--llms", LLMS, "--embeddings", EMBEDDINGS, "--limit", str(QUESTIONS), "--results-dir", str(results), "--quiet"]  # fmt: skip
-    return args, env
+    args = [
+        "--config",
+        config,
+        *ollama_flags(emu),
+        "--llms",
+        LLMS,
+        "--embeddings",
+        EMBEDDINGS,
+        "--limit",
+        QUESTIONS,
+        "--results-dir",
+        results,
+        "--quiet",
+    ]
+    return args, emulated_gpu_env(emu)
 
 
 @pytest.fixture
@@ -39,12 +60,12 @@ def config(tmp_path) -> Path:
 
 def run_to_end(emu, results, config) -> subprocess.CompletedProcess:
     args, env = command(emu, results, config)
-    return subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    return run_cli(*args, env=env)
 
 
 def start_and_stop_when(emu, results, config, condition, stop_signal) -> subprocess.Popen:
     args, env = command(emu, results, config)
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = start_cli(*args, env=env)
     deadline = time.monotonic() + 120
     while not condition(emu.state.work):
         assert process.poll() is None, process.communicate()
@@ -57,7 +78,7 @@ def start_and_stop_when(emu, results, config, condition, stop_signal) -> subproc
 
 
 def results_of(results: Path) -> list[dict]:
-    run_dir = max(p for p in results.iterdir() if p.is_dir())
+    run_dir = latest_run_dir(results)
     rows = [{k: r[k] for k in RESULT_FIELDS} for r in csv.DictReader((run_dir / "samples.csv").open())]
     return sorted(rows, key=lambda r: (r["embedding_model"], r["llm"], r["question_id"]))
 
@@ -129,7 +150,7 @@ def test_interrupt_writes_partial_exports_and_says_how_to_resume(tmp_path, confi
         assert process.returncode == exit_code, err
         assert "interrupted" in out and "run the same command again to resume" in out
         assert emu.state.runners == {} or all(r.stopping_since is not None for r in emu.state.runners.values())  # unloaded on the way out
-    run_dir = next(p for p in results.iterdir() if p.is_dir())
+    run_dir = latest_run_dir(results)
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "interrupted" and record["exit_code"] == exit_code
     answered = [r for r in csv.DictReader((run_dir / "samples.csv").open()) if r["answer"]]
@@ -143,20 +164,25 @@ def test_fresh_recomputes_everything(tmp_path, config):
         assert run_to_end(emu, results, config).returncode == 0
         first = Counter(emu.state.work)
         args, env = command(emu, results, config)
-        assert subprocess.run(args + ["--fresh"], capture_output=True, text=True, timeout=300, env=env).returncode == 0
+        assert run_cli(*args, "--fresh", env=env).returncode == 0
         assert Counter(emu.state.work) - first == first  # the same work again
 
 
 def test_sigkill_during_judging_resumes_with_exactly_the_cells_left(tmp_path, config):
-    """Calls after the restart = the calls of the cells not yet scored (faithfulness 2, answer_relevancy 3, context_precision k, context_recall 1)."""
-    from judge_server import JudgeFaults, JudgeServer
+    """Calls after the restart = the calls of the cells not yet scored (faithfulness 2, answer_relevancy 3, context_precision "
+    "k, context_recall 1)."""
+    from judge_server import JudgeFaults, JudgeServer, judge_flags
 
     calls_per_metric = {"faithfulness": 2, "answer_relevancy": 3, "context_precision": 3, "context_recall": 1}
     results = tmp_path / "results"
     with OllamaEmulator() as emu, JudgeServer(JudgeFaults(latency_s=0.01)) as judge:
         args, env = command(emu, results, config)
-        args += ["--judge", "openai/judge", "--judge-base-url", f"{judge.url}/v1", "--judge-embeddings", "openai/embed", "--judge-concurrency", "2"]
-        process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        args += [
+            *judge_flags(judge),
+            "--judge-concurrency",
+            "2",
+        ]
+        process = start_cli(*args, env=env)
         deadline = time.monotonic() + 180
         while judge.state.chat_requests < 60:
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()
@@ -167,13 +193,13 @@ def test_sigkill_during_judging_resumes_with_exactly_the_cells_left(tmp_path, co
         with sqlite3.connect(results / "ragsweep.sqlite") as db:
             scored = dict(db.execute("SELECT metric, COUNT(*) FROM judge_cache GROUP BY metric").fetchall())
         before_calls, before_work = judge.state.chat_requests, Counter(emu.state.work)
-        rerun = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+        rerun = run_cli(*args, env=env)
         assert rerun.returncode == 0, rerun.stderr
         with sqlite3.connect(results / "ragsweep.sqlite") as db:
             total = dict(db.execute("SELECT metric, COUNT(*) FROM judge_cache GROUP BY metric").fetchall())
         assert Counter(emu.state.work) == before_work  # retrieval and generation came from the store
         left_calls = sum((total[m] - scored.get(m, 0)) * calls_per_metric[m] for m in calls_per_metric)
         assert judge.state.chat_requests - before_calls == left_calls > 0
-    run_dir = max(p for p in results.iterdir() if p.is_dir())
+    run_dir = latest_run_dir(results)
     samples = list(csv.DictReader((run_dir / "samples.csv").open()))
     assert len(samples) == 40 and all(s[m] for s in samples for m in calls_per_metric)  # every cell scored, none twice

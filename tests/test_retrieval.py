@@ -1,4 +1,3 @@
-
 from ragsweep.retrieval import chunk_documents
 from ragsweep.testset import Document
 

@@ -46,9 +46,8 @@ def test_a_stored_version_1_database_migrates_and_keeps_its_results(tmp_path):
     path = tmp_path / "ragsweep.sqlite"
     shutil.copy(REPO / "tests" / "data" / "ragsweep-v1.sqlite", path)  # written by ragsweep at schema 1
     store = Store(path)
-    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     run_id = store.latest_run_id()
     assert [row["answer"] for row in store.samples(run_id)] and store.judgements(run_id) == []
     store.put_judgement(run_id, "bm25", "smollm2-135m", "q1", "faithfulness", {"value": 1.0})
     assert store.judgements(run_id)[0]["value"] == 1.0
-

@@ -20,11 +20,17 @@ def test_loads_demo_data():
     "line, message",
     [
         ('{"id": "q9", "question": "Q?", "reference": "A"}', ":3: missing field 'reference_context_ids'"),
-        ('{"id": "q9", "question": "Q?", "reference": "A", "reference_context_ids": ["nope"]}', ":3: field 'reference_context_ids' names 'nope', which is not in the corpus"),
+        (
+            '{"id": "q9", "question": "Q?", "reference": "A", "reference_context_ids": ["nope"]}',
+            ":3: field 'reference_context_ids' names 'nope', which is not in the corpus",
+        ),
         ('{"id": "q1", "question": "Q?", "reference": "A", "reference_context_ids": ["d1"]}', ":3: duplicate question id 'q1'"),
         ('{"id": "q9", "question": "Q?", "reference": 5, "reference_context_ids": ["d1"]}', ":3: field 'reference' must be str, got int"),
         ('{"id": "q9", "question": "  ", "reference": "A", "reference_context_ids": ["d1"]}', ":3: field 'question' is empty"),
-        ('{"id": "q9", "question": "Q?", "reference": "A", "reference_context_ids": "d1"}', ":3: field 'reference_context_ids' must be list, got str"),
+        (
+            '{"id": "q9", "question": "Q?", "reference": "A", "reference_context_ids": "d1"}',
+            ":3: field 'reference_context_ids' must be list, got str",
+        ),
         ('{"id": "q9", broken', ":3: invalid JSON"),
         ('["not", "an", "object"]', ":3: expected a JSON object, got list"),
     ],

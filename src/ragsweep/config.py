@@ -1,4 +1,4 @@
-"""One resolved configuration per run: defaults < env/.env < config file < CLI flags.
+"""One resolved configuration per run: built-in defaults < config file < env/.env < CLI flags.
 
 Every value remembers where it came from, so an error names the file and line, the flag or the
 environment variable to fix. Secrets never enter this object (the judge reads keys from the
@@ -10,13 +10,14 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from .backends import BACKENDS
 from .errors import ConfigError
-from .judge_client import METRICS
+from .metrics import JUDGE_METRICS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -39,7 +40,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["local", "ollama"] = "local"
+    backend: str = "local"  # a name in ragsweep.backends.BACKENDS
     llms: list[str] = Field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"], min_length=1)
     embeddings: list[str] = Field(default_factory=lambda: ["all-minilm-l6-v2", "bm25"], min_length=1)
     corpus: Path = REPO_ROOT / "data" / "demo" / "corpus.jsonl"
@@ -56,33 +57,57 @@ class Settings(BaseModel):
     pressure_threshold_gb: float | None = Field(default=None, gt=0)  # None = platform default (10 of 12 GB on a card)
     baseline_target_gb: float | None = Field(default=None, gt=0)  # None = platform default (2 GB on a 12 GB card)
     unload_timeout_s: float | None = Field(default=None, gt=0)  # None = 30 s: wait this long for memory to come back
-    request_timeout_s: float | None = Field(default=None, gt=0)  # watchdog per model call; None = 120 s + 2 s per max_tokens (a first call may load the model)
-    backend_retry_s: float = Field(default=120.0, ge=0)  # a backend that stops answering mid-run is retried this long, then the run stops (exit 3, resumable)
-    max_failures: float | None = Field(default=None, gt=0)  # failed samples before the run stops: a count (>= 1) or a share of all samples (< 1)
+    request_timeout_s: float | None = Field(
+        default=None, gt=0
+    )  # watchdog per model call; None = 120 s + 2 s per max_tokens (a first call may load the model)
+    backend_retry_s: float = Field(
+        default=120.0, ge=0
+    )  # a backend that stops answering mid-run is retried this long, then the run stops (exit 3, resumable)
+    max_failures: float | None = Field(
+        default=None, gt=0
+    )  # failed samples before the run stops: a count (>= 1) or a share of all samples (< 1)
     judge: str | None = None  # "none", a LiteLLM model name, or None: gpt-4o-mini when OPENAI_API_KEY is set, else none
     judge_base_url: str | None = None  # OpenAI-compatible server for openai/NAME judges; Ollama host for ollama_chat/NAME
     judge_embeddings: str | None = None  # for answer_relevancy; default text-embedding-3-small, or the first Ollama embedding model
-    judge_concurrency: int | None = Field(default=None, ge=1)  # judge calls in flight; None = platform default (2 on a 12 GB card, else 4)
+    judge_concurrency: int | None = Field(default=None, ge=1)  # judge calls in flight; None = platform default (2 on a CUDA card, else 4)
     judge_timeout_s: float = Field(default=120.0, gt=0)  # per judge call
     judge_retries: int = Field(default=4, ge=0)  # per call, on 429 / 5xx / timeout / connection, with backoff
     judge_parse_retries: int = Field(default=2, ge=0)  # re-asks when the judge's JSON does not parse
     judge_max_tokens: int = Field(default=2048, ge=256)  # small judges stop mid-JSON below 2048
     judge_num_ctx: int = Field(default=8192, ge=2048)  # an Ollama judge's context: its prompts are long
-    judge_metric_timeout_s: dict[str, float] = Field(default_factory=dict)  # per metric, e.g. {faithfulness: 300}: seconds for all of a cell's calls
-    judge_metric_parse_retries: dict[str, int] = Field(default_factory=dict)  # per metric re-asks on unparseable JSON, e.g. {context_recall: 4}
+    judge_metric_timeout_s: dict[str, float] = Field(
+        default_factory=dict
+    )  # per metric, e.g. {faithfulness: 300}: seconds for all of a cell's calls
+    judge_metric_parse_retries: dict[str, int] = Field(
+        default_factory=dict
+    )  # per metric re-asks on unparseable JSON, e.g. {context_recall: 4}
+    judge_repeats: int = Field(default=1, ge=1, le=20)  # judge each cell N times, independently: the judge's noise goes into the intervals
     max_judge_cost: float | None = Field(default=None, gt=0)  # USD: stop judging cleanly when reached
     baseline: str | None = None  # an earlier run id: report.html adds per-metric deltas against it
     fresh: bool = False  # ignore the caches (recompute everything; results are still cached for next time)
     results_dir: Path = REPO_ROOT / "results"
     ollama_host: str = "http://localhost:11434"
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r} (known: {', '.join(BACKENDS)})")
+        return value
+
     @field_validator("judge_metric_timeout_s", "judge_metric_parse_retries")
     @classmethod
     def _known_metrics(cls, value: dict) -> dict:
-        unknown = sorted(set(value) - set(METRICS))
+        unknown = sorted(set(value) - set(JUDGE_METRICS))
         if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r} (known: {', '.join(METRICS)})")
+            raise ValueError(f"unknown metric {unknown[0]!r} (known: {', '.join(JUDGE_METRICS)})")
         return value
+
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def origin(self, field: str) -> str:
+        """Where a setting's value came from: a flag, an environment variable, a file and line, or the built-in default."""
+        return self._origins.get(field, "built-in default")
 
     def public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -102,20 +127,24 @@ class Settings(BaseModel):
 
 
 def load_settings(config_path: Path | None, cli: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
-    """Merge the sources (CLI > config file > env > defaults) and validate them once."""
+    """Merge the layers, lowest first: built-in defaults < the config file < environment/.env < CLI flags.
+
+    Without --config, configs/demo.yaml is the config file and counts as the defaults, so the
+    environment still overrides it. Each value remembers where it came from (`settings.origins`).
+    """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     origins: dict[str, str] = {}
-
-    for var, field in ENV_VARS.items():
-        if environ.get(var):
-            values[field] = _coerce(field, environ[var], Path.cwd())
-            origins[field] = f"environment variable {var}"
 
     path = config_path or DEFAULT_CONFIG
     for key, (value, line) in _read_yaml(path).items():
         values[key] = _coerce(key, value, path.parent)
         origins[key] = f"{path}:{line}: field '{key}'"
+
+    for var, field in ENV_VARS.items():
+        if environ.get(var):
+            values[field] = _coerce(field, environ[var], Path.cwd())
+            origins[field] = f"environment variable {var}"
 
     for key, value in cli.items():
         if value is not None:
@@ -126,6 +155,7 @@ def load_settings(config_path: Path | None, cli: dict[str, Any], environ: dict[s
         settings = Settings.model_validate(values)
     except ValidationError as error:
         raise ConfigError(_describe_validation_error(error, origins, path)) from None
+    settings._origins = origins
     _check_paths(settings, origins)
     if settings.chunk_overlap >= settings.chunk_size:
         raise ConfigError(
@@ -172,7 +202,7 @@ def _describe_validation_error(error: ValidationError, origins: dict[str, str], 
         hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(Settings.model_fields)}"
         return f"{origins.get(field, path)}: unknown setting '{field}' — {hint}"
     where = origins.get(field, f"setting '{field}'")
-    return f"{where}: {first['msg']} (got {first.get('input')!r})"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')} (got {first.get('input')!r})"
 
 
 def _check_paths(settings: Settings, origins: dict[str, str]) -> None:

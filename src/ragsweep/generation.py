@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .backends.base import ModelInfo, Prompt
 from .errors import ModelCallError, ModelUnavailableError
+from .events import Event
 from .lifecycle import Resident, resident_model
 from .metrics import exact_match, token_f1
 from .progress import bar
@@ -32,7 +33,7 @@ class PendingAnswer:
 
 
 def generate(ctx: RunContext, llm: ModelInfo, retrievers: list[str], questions: list[Question]) -> None:
-    ctx.log.event("stage_start", STAGE, llm.name)
+    ctx.log.event(Event.STAGE_START, STAGE, llm.name)
     options = ctx.generation_options
     pending: dict[str, PendingAnswer] = {}  # cache key -> prompt and samples
     for retriever in retrievers:
@@ -52,8 +53,8 @@ def generate(ctx: RunContext, llm: ModelInfo, retrievers: list[str], questions: 
         except ModelCallError as error:  # could not (re)load: the rest of this model's work fails, the sweep goes on
             _fail_unanswered(ctx, llm, pending, error)
     else:
-        ctx.log.event("model_skipped", STAGE, llm.name, reason="all answers cached")
-    ctx.log.event("stage_end", STAGE, llm.name, answers=len(retrievers) * len(questions), generated=len(pending))
+        ctx.log.event(Event.MODEL_SKIPPED, STAGE, llm.name, reason="all answers cached")
+    ctx.log.event(Event.STAGE_END, STAGE, llm.name, answers=len(retrievers) * len(questions), generated=len(pending))
 
 
 def _answer_all(ctx: RunContext, resident: Resident, pending: dict[str, PendingAnswer]) -> None:
@@ -70,7 +71,12 @@ def _answer_all(ctx: RunContext, resident: Resident, pending: dict[str, PendingA
                 ctx.model_call_s += result.seconds
                 if not resident.degraded:  # an answer made with less context is not what the config asked for: not cached
                     ctx.store.put_answer_cache(key, llm.digest, result.text, result.prompt_tokens, result.completion_tokens, result.seconds)
-                answer = {"text": result.text, "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens, "seconds": result.seconds}
+                answer = {
+                    "text": result.text,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                    "seconds": result.seconds,
+                }
                 for retriever, question in work.samples:
                     _store_answer(ctx, retriever, llm, question, answer, cached_hit=False)
             progress.advance()
@@ -79,7 +85,9 @@ def _answer_all(ctx: RunContext, resident: Resident, pending: dict[str, PendingA
 def _fail(ctx: RunContext, llm: ModelInfo, samples: list[tuple[str, Question]], error: ModelCallError) -> None:
     for retriever, question in samples:
         ctx.store.put_answer(ctx.run_id, retriever, llm.name, question.id, {"error": str(error), "cause": error.cause})
-        ctx.log.event("sample_failed", STAGE, llm.name, question_id=question.id, embedding_model=retriever, cause=error.cause, message=str(error))
+        ctx.log.event(
+            Event.SAMPLE_FAILED, STAGE, llm.name, question_id=question.id, embedding_model=retriever, cause=error.cause, message=str(error)
+        )
     ctx.count_failures(len(samples))
 
 
@@ -89,7 +97,7 @@ def _fail_unanswered(ctx: RunContext, llm: ModelInfo, pending: dict[str, Pending
     for retriever, question in left:
         ctx.store.put_answer(ctx.run_id, retriever, llm.name, question.id, {"error": str(error), "cause": error.cause})
     ctx.note(f"{llm.name}: {len(left)} answers failed — {error}", STAGE)
-    ctx.log.event("model_failed", STAGE, llm.name, cause=error.cause, message=str(error), samples=len(left))
+    ctx.log.event(Event.MODEL_FAILED, STAGE, llm.name, cause=error.cause, message=str(error), samples=len(left))
     ctx.count_failures(len(left), budgeted=False)  # a model that cannot load is skipped, the rest goes on
 
 

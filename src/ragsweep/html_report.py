@@ -11,17 +11,21 @@ from collections import Counter
 from html import escape
 from typing import Any
 
-from . import plots
+from . import comparisons, plots
+from .events import Event
+from .findings import RunReport, fault_lines, memory_findings
+from .fmt import is_nan
 from .memory import bytes_in_use
-from .report import JUDGE_METRICS, RunReport, fault_lines, memory_findings
+from .metrics import ANSWER_METRICS, JUDGE_METRICS, RETRIEVAL_METRICS
 
-SCORE_METRICS = ["recall_at_k", "mrr", "ndcg_at_k", "exact_match", "token_f1"]
+SCORE_METRICS = [*RETRIEVAL_METRICS, *ANSWER_METRICS]
 LEADERBOARD = ["embedding_model", "llm", "answered", "failed", *SCORE_METRICS, *JUDGE_METRICS, "latency_s", "tokens_per_s", "peak_gb"]
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;padding:0 1rem;color:#222}
 h1{font-size:1.5rem}h2{font-size:1.2rem;margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
-table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:right;vertical-align:top}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
+th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:right;vertical-align:top}
 th{background:#f4f4f4;cursor:pointer;user-select:none}td.text,th.text{text-align:left}tr:nth-child(even){background:#fafafa}
 .pass{color:#137333;font-weight:600}.fail{color:#b3261e;font-weight:600}.muted{color:#666}.grid{display:flex;flex-wrap:wrap;gap:1rem}
 img{max-width:100%;border:1px solid #eee}details{margin:.5rem 0}code{background:#f4f4f4;padding:0 .2rem}
@@ -45,7 +49,13 @@ def render_html(report: RunReport, baseline: RunReport | None = None) -> str:
     sections = [
         _header(report),
         _targets(memory),
-        _leaderboard(rows, report.judged),
+        _leaderboard(rows, report.judged, comparisons.standing(report.comparisons, comparisons.HEADLINE)),
+        _section(
+            "What this run can and cannot tell",
+            f'<p class="muted">{escape(comparisons.COMPARISON_NOTE)}</p>'
+            + _list(comparisons.tie_sentences(report.comparisons) if report.comparisons else ["fewer than two ranked combinations"]),
+        ),
+        _diagnosis(report),
         _heatmaps(report),
         _tradeoffs(rows, report.judged),
         _memory(report, memory),
@@ -56,37 +66,85 @@ def render_html(report: RunReport, baseline: RunReport | None = None) -> str:
         _samples(report),
     ]
     body = "\n".join(s for s in sections if s)
-    return f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>ragsweep {escape(report.run_id)}</title><style>{CSS}</style></head>\n<body>\n{body}\n<script>{SORT_JS}</script>\n</body></html>\n"
+    head = f'<meta charset="utf-8"><title>ragsweep {escape(report.run_id)}</title><style>{CSS}</style>'
+    return f'<!doctype html>\n<html lang="en"><head>{head}</head>\n<body>\n{body}\n<script>{SORT_JS}</script>\n</body></html>\n'
 
 
 def _header(report: RunReport) -> str:
     run, config = report.run, report.run.get("config") or {}
-    facts = [f"status <b>{escape(str(run.get('status')))}</b>", f"backend {escape(str(config.get('backend')))}",
-             f"platform {escape(str((run.get('platform') or {}).get('device')))}", f"top-k {escape(str(config.get('top_k')))}",
-             f"judge {escape(str((run.get('plan') or {}).get('judge') or 'none'))}"]  # fmt: skip
-    return f"<h1>ragsweep run {escape(report.run_id)}</h1><p class=\"muted\">{' · '.join(facts)}</p>"
+    facts = [
+        f"status <b>{escape(str(run.get('status')))}</b>",
+        f"backend {escape(str(config.get('backend')))}",
+        f"platform {escape(str((run.get('platform') or {}).get('device')))}",
+        f"top-k {escape(str(config.get('top_k')))}",
+        f"judge {escape(str((run.get('plan') or {}).get('judge') or 'none'))}",
+    ]
+    return f'<h1>ragsweep run {escape(report.run_id)}</h1><p class="muted">{" · ".join(facts)}</p>'
 
 
 def _targets(memory: dict) -> str:
-    items = "".join(f"<li><span class=\"{'pass' if ok else 'fail'}\">{'PASS' if ok else 'FAIL'}</span> {escape(name)} <span class=\"muted\">({escape(detail)})</span></li>" for name, ok, detail in memory["targets"])
+    items = "".join(
+        f'<li><span class="{"pass" if ok else "fail"}">{"PASS" if ok else "FAIL"}</span> {escape(name)} <span '
+        f'class="muted">({escape(detail)})</span></li>'
+        for name, ok, detail in memory["targets"]
+    )
     return _section("The seed's targets", f"<ul>{items}</ul>")
 
 
-def _leaderboard(rows: list[dict], judged: bool) -> str:
+def _leaderboard(rows: list[dict], judged: bool, standing: dict[tuple[str, str], str]) -> str:
     columns = [c for c in LEADERBOARD if judged or c not in JUDGE_METRICS]
-    head = "".join(f"<th class=\"{'text' if c in {'embedding_model', 'llm'} else ''}\">{escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(_cell(row.get(c), c) for c in columns) + "</tr>" for row in rows)
-    return _section("Leaderboard", f"<p class=\"muted\">Click a column to sort. Means per combination; peak_gb is the larger of its two models' peaks.</p><table class=\"sortable\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    head = "".join(f'<th class="{"text" if c in {"embedding_model", "llm"} else ""}">{escape(c)}</th>' for c in columns)
+    head = head.replace("<th", f'<th class="text">vs best ({comparisons.HEADLINE})</th><th', 1)
+    body = "".join(
+        "<tr>"
+        + f'<td class="text">{escape(standing.get((row["embedding_model"], row["llm"]), "-"))}</td>'
+        + "".join(_estimate_cell(row, c) for c in columns)
+        + "</tr>"
+        for row in rows
+    )
+    return _section(
+        "Leaderboard",
+        '<p class="muted">Click a column to sort. Means ± half the 95 % bootstrap interval over questions; "≈ best": statistically '
+        "tied with the best on the headline metric (see below). peak_gb is the larger of its two models' peaks.</p>"
+        f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>',
+    )
+
+
+def _estimate_cell(row: dict, column: str) -> str:
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    if low is None or is_nan(low) or is_nan(row.get(column)):
+        return _cell(row.get(column), column)
+    return f'<td data-v="{row[column]}">{row[column]:.3f} <span class="muted">±{(high - low) / 2:.3f}</span></td>'
+
+
+def _diagnosis(report: RunReport) -> str:
+    if not report.diagnosis:
+        return _section("Where the weakness is: retriever or LLM", "<p>Add the baselines to see it: --embeddings …,oracle,none.</p>")
+    rows = [comparisons.diagnosis_cells(d) for d in report.diagnosis]
+    warnings = [
+        f"{d['llm']} may have seen this test set: closed book reaches ≥ 80 % of its oracle {d['metric']}"
+        for d in report.diagnosis
+        if d["contamination"]
+    ]
+    return _section(
+        "Where the weakness is: retriever or LLM", _table(comparisons.DIAGNOSIS_HEADERS, rows) + (_list(warnings) if warnings else "")
+    )
 
 
 def _heatmaps(report: RunReport) -> str:
-    metrics = SCORE_METRICS + (JUDGE_METRICS if report.judged else [])
+    metrics = SCORE_METRICS + (list(JUDGE_METRICS) if report.judged else [])
     images = []
     for metric in metrics:
         values = {(row["embedding_model"], row["llm"]): row[metric] for row in report.summary}
-        if values and not all(_nan(v) for v in values.values()):
-            images.append(f"<img alt=\"{escape(metric)} heatmap\" src=\"{plots.heatmap(values, metric)}\">")
-    return _section("Matrix (LLM × embedding model)", f"<div class=\"grid\">{''.join(images)}</div>") if images else ""
+        spreads = {
+            key: (row[f"{metric}_ci_high"] - row[f"{metric}_ci_low"]) / 2
+            for row in report.summary
+            if not is_nan(row.get(f"{metric}_ci_low", math.nan))
+            for key in [(row["embedding_model"], row["llm"])]
+        }
+        if values and not all(is_nan(v) for v in values.values()):
+            images.append(f'<img alt="{escape(metric)} heatmap" src="{plots.heatmap(values, metric, spreads)}">')
+    return _section("Matrix (LLM × embedding model)", f'<div class="grid">{"".join(images)}</div>') if images else ""
 
 
 def _tradeoffs(rows: list[dict], judged: bool) -> str:
@@ -94,14 +152,36 @@ def _tradeoffs(rows: list[dict], judged: bool) -> str:
     points = []
     for row in rows:
         quality = _mean([row[m] for m in JUDGE_METRICS]) if judged else row["token_f1"]
-        points.append({"label": f"{row['llm']} + {row['embedding_model']}", "quality": quality, "tokens_per_s": row["tokens_per_s"], "peak_gb": row["peak_gb"]})
+        points.append(
+            {
+                "label": f"{row['llm']} + {row['embedding_model']}",
+                "quality": quality,
+                "tokens_per_s": row["tokens_per_s"],
+                "peak_gb": row["peak_gb"],
+            }
+        )
     images = []
-    if any(not _nan(p["tokens_per_s"]) for p in points):
-        images.append(plots.tradeoff(points, "tokens_per_s", "tokens/s", quality_label, plots.pareto_front(points, "tokens_per_s", higher_x_is_better=True)))
+    if any(not is_nan(p["tokens_per_s"]) for p in points):
+        images.append(
+            plots.tradeoff(
+                points, "tokens_per_s", "tokens/s", quality_label, plots.pareto_front(points, "tokens_per_s", higher_x_is_better=True)
+            )
+        )
     if any(p["peak_gb"] is not None for p in points):
         usable = [p for p in points if p["peak_gb"] is not None]
-        images.append(plots.tradeoff(usable, "peak_gb", "peak memory (GB)", quality_label, plots.pareto_front(usable, "peak_gb", higher_x_is_better=False)))
-    return _section("Quality against speed and memory", "<div class=\"grid\">" + "".join(f"<img alt=\"trade-off\" src=\"{uri}\">" for uri in images) + "</div>") if images else ""
+        images.append(
+            plots.tradeoff(
+                usable, "peak_gb", "peak memory (GB)", quality_label, plots.pareto_front(usable, "peak_gb", higher_x_is_better=False)
+            )
+        )
+    return (
+        _section(
+            "Quality against speed and memory",
+            '<div class="grid">' + "".join(f'<img alt="trade-off" src="{uri}">' for uri in images) + "</div>",
+        )
+        if images
+        else ""
+    )
 
 
 def _memory(report: RunReport, memory: dict) -> str:
@@ -109,14 +189,24 @@ def _memory(report: RunReport, memory: dict) -> str:
         return ""
     start = min(s["t"] for s in report.snapshots)
     points = [(s["t"] - start, bytes_in_use(s) / 1e9, s["stage"]) for s in report.snapshots]
-    marks = [(e["t"] - start, "load" if e["event"] == "model_load" else "unload", e["model"] or "") for e in report.events if e["event"] in {"model_load", "model_unload"} and e["t"] >= start]
+    marks = [
+        (e["t"] - start, "load" if e["event"] == Event.MODEL_LOAD else "unload", e["model"] or "")
+        for e in report.events
+        if e["event"] in {Event.MODEL_LOAD, Event.MODEL_UNLOAD} and e["t"] >= start
+    ]
     platform = report.run.get("platform") or {}
     budget = platform.get("pressure_threshold_bytes")
     baseline = platform.get("baseline_target_bytes")
-    timeline = plots.memory_timeline(points, marks, budget / 1e9 if budget else None, baseline / 1e9 if baseline else None, memory["source"])
+    timeline = plots.memory_timeline(
+        points, marks, budget / 1e9 if budget else None, baseline / 1e9 if baseline else None, memory["source"]
+    )
     loads = [(f"{stage}: {model}", seconds or 0.0) for stage, model, seconds in memory["loads"]]
-    bars = f"<img alt=\"load times\" src=\"{plots.load_times(loads)}\">" if loads else ""
-    return _section("Memory", f"<p class=\"muted\">Measured as {escape(memory['source'])}.</p><img alt=\"memory timeline\" src=\"{timeline}\"><h3>Model load times</h3>{bars}")
+    bars = f'<img alt="load times" src="{plots.load_times(loads)}">' if loads else ""
+    return _section(
+        "Memory",
+        f'<p class="muted">Measured as {escape(memory["source"])}.</p><img alt="memory timeline" src="{timeline}"><h3>Model '
+        f"load times</h3>{bars}",
+    )
 
 
 def _failures(report: RunReport) -> str:
@@ -124,20 +214,40 @@ def _failures(report: RunReport) -> str:
     parts = []
     if failed:
         causes = Counter(s["cause"] for s in failed)
-        parts.append("<p>Failed samples by cause: " + ", ".join(f"<code>{escape(str(c))}</code> {n}" for c, n in causes.most_common()) + "</p>")
-        parts.append(_table(["embedding_model", "llm", "question_id", "cause", "error"], [[s["embedding_model"], s["llm"], s["question_id"], s["cause"], s["error"]] for s in failed[:200]]))
+        parts.append(
+            "<p>Failed samples by cause: " + ", ".join(f"<code>{escape(str(c))}</code> {n}" for c, n in causes.most_common()) + "</p>"
+        )
+        parts.append(
+            _table(
+                ["embedding_model", "llm", "question_id", "cause", "error"],
+                [[s["embedding_model"], s["llm"], s["question_id"], s["cause"], s["error"]] for s in failed[:200]],
+            )
+        )
     if report.judged:
-        nan_rows = [[m, sum(1 for j in report.judgements if j["metric"] == m), sum(1 for j in report.judge_errors if j["metric"] == m)] for m in JUDGE_METRICS]
+        nan_rows = [
+            [m, sum(1 for j in report.judgements if j["metric"] == m), sum(1 for j in report.judge_errors if j["metric"] == m)]
+            for m in JUDGE_METRICS
+        ]
         parts.append("<h3>Judge: NaN per metric</h3>" + _table(["metric", "cells", "NaN"], nan_rows))
         if report.judge_errors:
             causes = Counter(j["cause"] for j in report.judge_errors)
-            parts.append("<p>Judge failures by cause: " + ", ".join(f"<code>{escape(str(c))}</code> {n}" for c, n in causes.most_common()) + "</p>")
-            parts.append(_table(["question_id", "embedding_model", "llm", "metric", "cause", "message"], [[j["question_id"], j["embedding_model"], j["llm"], j["metric"], j["cause"], j["message"]] for j in report.judge_errors[:200]]))
+            parts.append(
+                "<p>Judge failures by cause: " + ", ".join(f"<code>{escape(str(c))}</code> {n}" for c, n in causes.most_common()) + "</p>"
+            )
+            parts.append(
+                _table(
+                    ["question_id", "embedding_model", "llm", "metric", "cause", "message"],
+                    [
+                        [j["question_id"], j["embedding_model"], j["llm"], j["metric"], j["cause"], j["message"]]
+                        for j in report.judge_errors[:200]
+                    ],
+                )
+            )
     return _section("Failures and NaN", "".join(parts) or "<p>none</p>")
 
 
 def _comparison(report: RunReport, baseline: RunReport) -> str:
-    metrics = [m for m in SCORE_METRICS + JUDGE_METRICS if any(not _nan(r[m]) for r in report.summary)]
+    metrics = [m for m in [*SCORE_METRICS, *JUDGE_METRICS] if any(not is_nan(r[m]) for r in report.summary)]
     before = {(r["embedding_model"], r["llm"]): r for r in baseline.summary}
     rows = []
     for row in report.summary:
@@ -145,7 +255,11 @@ def _comparison(report: RunReport, baseline: RunReport) -> str:
         rows.append([row["embedding_model"], row["llm"]] + [_delta(row[m], old[m] if old else None) for m in metrics])
     changes = _changed_samples(report, baseline)
     table = _table(["embedding_model", "llm", *[f"Δ {m}" for m in metrics]], rows, raw=True)
-    changed = _table(["embedding_model", "llm", "question", f"answer in {baseline.run_id}", "answer now", "Δ token_f1"], changes) if changes else "<p>no sample changed</p>"
+    changed = (
+        _table(["embedding_model", "llm", "question", f"answer in {baseline.run_id}", "answer now", "Δ token_f1"], changes)
+        if changes
+        else "<p>no sample changed</p>"
+    )
     return _section(f"Compared with {escape(baseline.run_id)}", table + "<h3>Samples that changed most</h3>" + changed)
 
 
@@ -155,14 +269,32 @@ def _changed_samples(report: RunReport, baseline: RunReport, limit: int = 10) ->
     for s in report.samples:
         o = old.get((s["embedding_model"], s["llm"], s["question_id"]))
         if o and s["token_f1"] is not None and o["token_f1"] is not None and s["answer"] != o["answer"]:
-            deltas.append((abs(s["token_f1"] - o["token_f1"]), [s["embedding_model"], s["llm"], s["question"], o["answer"], s["answer"], f"{s['token_f1'] - o['token_f1']:+.3f}"]))
+            deltas.append(
+                (
+                    abs(s["token_f1"] - o["token_f1"]),
+                    [s["embedding_model"], s["llm"], s["question"], o["answer"], s["answer"], f"{s['token_f1'] - o['token_f1']:+.3f}"],
+                )
+            )
     return [row for _, row in sorted(deltas, key=lambda d: -d[0])[:limit]]
 
 
 def _samples(report: RunReport) -> str:
-    columns = ["embedding_model", "llm", "question", "reference", "answer", "retrieved_ids", "token_f1", *(JUDGE_METRICS if report.judged else [])]
+    columns = [
+        "embedding_model",
+        "llm",
+        "question",
+        "reference",
+        "answer",
+        "retrieved_ids",
+        "token_f1",
+        *(JUDGE_METRICS if report.judged else []),
+    ]
     rows = [[s.get(c) for c in columns] for s in report.samples]
-    return _section("Samples", f"<details><summary>{len(rows)} samples (question, reference, answer as given)</summary>{_table(columns, rows, sortable=True)}</details>")
+    return _section(
+        "Samples",
+        f"<details><summary>{len(rows)} samples (question, reference, answer as "
+        f"given)</summary>{_table(columns, rows, sortable=True)}</details>",
+    )
 
 
 def _combination_peaks(report: RunReport) -> dict[tuple[str, str], float]:
@@ -187,32 +319,31 @@ def _list(items: list[str]) -> str:
 
 
 def _table(headers: list[str], rows: list[list], raw: bool = False, sortable: bool = True) -> str:
-    head = "".join(f"<th class=\"text\">{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join((f"<td>{v}</td>" if raw and isinstance(v, str) and v.startswith("<span") else _cell(v, "")) for v in row) + "</tr>" for row in rows)
-    return f"<table class=\"{'sortable' if sortable else ''}\"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    head = "".join(f'<th class="text">{escape(h)}</th>' for h in headers)
+    body = "".join(
+        "<tr>" + "".join((f"<td>{v}</td>" if raw and isinstance(v, str) and v.startswith("<span") else _cell(v, "")) for v in row) + "</tr>"
+        for row in rows
+    )
+    return f'<table class="{"sortable" if sortable else ""}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _cell(value: Any, column: str) -> str:
-    if value is None or _nan(value):
-        return "<td data-v=\"\" class=\"muted\">NaN</td>" if _nan(value) else "<td class=\"muted\">-</td>"
+    if value is None or is_nan(value):
+        return '<td data-v="" class="muted">NaN</td>' if is_nan(value) else '<td class="muted">-</td>'
     if isinstance(value, float):
-        return f"<td data-v=\"{value}\">{value:.3f}</td>"
+        return f'<td data-v="{value}">{value:.3f}</td>'
     if isinstance(value, int):
-        return f"<td data-v=\"{value}\">{value}</td>"
-    return f"<td class=\"text\">{escape(str(value))}</td>"
+        return f'<td data-v="{value}">{value}</td>'
+    return f'<td class="text">{escape(str(value))}</td>'
 
 
 def _delta(now: Any, before: Any) -> str:
-    if now is None or before is None or _nan(now) or _nan(before):
-        return "<span class=\"muted\">-</span>"
+    if now is None or before is None or is_nan(now) or is_nan(before):
+        return '<span class="muted">-</span>'
     change = now - before
-    return f"<span class=\"{'up' if change > 0 else 'down' if change < 0 else 'muted'}\">{change:+.3f}</span>"
+    return f'<span class="{"up" if change > 0 else "down" if change < 0 else "muted"}">{change:+.3f}</span>'
 
 
 def _mean(values: list[Any]) -> float:
-    known = [v for v in values if v is not None and not _nan(v)]
+    known = [v for v in values if v is not None and not is_nan(v)]
     return sum(known) / len(known) if known else math.nan
-
-
-def _nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)

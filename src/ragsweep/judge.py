@@ -17,15 +17,20 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+from .backends import Backend, GenerationOptions, get_backend
+from .backends.ollama import normalize_host
 from .config import Settings
 from .errors import ConfigError, MissingPackageError
-from .judge_client import METRICS, JudgeClient, JudgeSpec, Usage, classify, current_cell
-from .memory import device_used_bytes
+from .events import Event
+from .judge_client import JudgeClient, JudgeSpec, Usage, classify, current_cell
+from .lifecycle import resident_model
+from .metrics import JUDGE_METRICS
+from .nvml import device_used_bytes
 from .progress import bar
+from .retrievers import CLOSED_BOOK, needs_model
 from .run import RunContext
 
 STAGE = "judge"
-CALLS_PER_SAMPLE = "6 + k"  # faithfulness 2, answer_relevancy 3, context_precision k, context_recall 1
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Cell:
     llm: str
     question_id: str
     metric: str
+    repeat: int  # 0 .. judge_repeats - 1: independent judgements of the same inputs
     inputs: dict
     key: str
 
@@ -61,14 +67,26 @@ def resolve_judge(settings: Settings, default_concurrency: int, environ: dict[st
         num_ctx=settings.judge_num_ctx if model.startswith("ollama") else None,
         metric_timeout_s=settings.judge_metric_timeout_s,
         metric_parse_retries=settings.judge_metric_parse_retries,
+        repeats=settings.judge_repeats,
     )
+
+
+def no_judge_hint(settings: Settings) -> str:
+    """How to turn judging on, in a form that works from where the user stands (a pinned `judge: none` outranks the key)."""
+    local = "--judge ollama_chat/NAME (a local judge) or --judge openai/NAME --judge-base-url URL"
+    if settings.judge == "none":
+        return f"judging is off (judge: none); pass --judge gpt-4o-mini with OPENAI_API_KEY set, {local}"
+    return f"no judge: set OPENAI_API_KEY for gpt-4o-mini, or pass {local}"
 
 
 def _default_embeddings(model: str, settings: Settings) -> str:
     if model.startswith("ollama"):
-        dense = [name for name in settings.embeddings if name != "bm25"]
+        dense = [name for name in settings.embeddings if needs_model(name)]
         if settings.backend != "ollama" or not dense:
-            raise ConfigError(f"--judge {model}: answer_relevancy needs an embedding model on Ollama — pass --judge-embeddings ollama/NAME (e.g. ollama/nomic-embed-text)")
+            raise ConfigError(
+                f"--judge {model}: answer_relevancy needs an embedding model on Ollama — pass --judge-embeddings ollama/NAME "
+                "(e.g. ollama/nomic-embed-text)"
+            )
         return f"ollama/{dense[0]}"
     if model.startswith("openai/"):
         return "openai/text-embedding-3-small"
@@ -84,8 +102,15 @@ def require_judge_packages() -> None:
 
 
 def cells_for(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> list[Cell]:
-    """Every (answered sample, metric) cell of this run; with only_failed, those without a score."""
-    failed = {(j["embedding_model"], j["llm"], j["question_id"], j["metric"]) for j in ctx.store.judgements(ctx.run_id) if j["value"] is None}
+    """Every (answered sample, metric, repeat) cell of this run; with only_failed, those without a score.
+
+    The closed-book baseline has no passages: only answer_relevancy applies to it.
+    """
+    failed = {
+        (j["embedding_model"], j["llm"], j["question_id"], j["metric"], j["repeat"])
+        for j in ctx.store.judgements(ctx.run_id)
+        if j["value"] is None
+    }
     contexts: dict[str, dict] = {}
     cells = []
     for sample in ctx.store.samples(ctx.run_id):
@@ -95,14 +120,29 @@ def cells_for(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> li
         if retriever not in contexts:
             contexts[retriever] = ctx.store.retrievals(ctx.run_id, retriever)
         retrieved = contexts[retriever][sample["question_id"]]["contexts"]
-        base = {"user_input": sample["question"], "response": sample["answer"], "retrieved_contexts": retrieved, "reference": sample["reference"]}
-        for metric in METRICS:
-            if only_failed and (retriever, sample["llm"], sample["question_id"], metric) not in failed:
+        base = {
+            "user_input": sample["question"],
+            "response": sample["answer"],
+            "retrieved_contexts": retrieved,
+            "reference": sample["reference"],
+        }
+        for metric in JUDGE_METRICS:
+            if retriever == CLOSED_BOOK and "retrieved_contexts" in _FIELDS[metric]:
                 continue
             inputs = {k: v for k, v in base.items() if k in _FIELDS[metric]}
-            key = hashlib.sha256(f"{spec.identity}|{metric}|{json.dumps(inputs, sort_keys=True)}".encode()).hexdigest()
-            cells.append(Cell(retriever, sample["llm"], sample["question_id"], metric, inputs, key))
+            for repeat in range(spec.repeats):
+                if only_failed and (retriever, sample["llm"], sample["question_id"], metric, repeat) not in failed:
+                    continue
+                cells.append(
+                    Cell(retriever, sample["llm"], sample["question_id"], metric, repeat, inputs, _cell_key(spec, metric, inputs, repeat))
+                )
     return cells
+
+
+def _cell_key(spec: JudgeSpec, metric: str, inputs: dict, repeat: int) -> str:
+    """Judge identity + metric + exact inputs; repeat 0 keeps the key judgements had before repeats existed."""
+    again = f"|repeat={repeat}" if repeat else ""
+    return hashlib.sha256(f"{spec.identity}|{metric}|{json.dumps(inputs, sort_keys=True)}{again}".encode()).hexdigest()
 
 
 _FIELDS = {
@@ -115,7 +155,7 @@ _FIELDS = {
 
 def judge(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> Usage:
     """Judge every cell not cached; returns the usage of the calls made."""
-    ctx.log.event("stage_start", STAGE, spec.model)
+    ctx.log.event(Event.STAGE_START, STAGE, spec.model)
     todo: dict[str, list[Cell]] = {}  # cache key -> the cells sharing it (context_precision/recall do not depend on the LLM)
     for cell in cells_for(ctx, spec, only_failed):
         cached = None if ctx.settings.fresh else ctx.store.cached_judgement(cell.key)
@@ -128,8 +168,8 @@ def judge(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> Usage:
         with _resident_judge(ctx, spec):
             asyncio.run(_judge_all(ctx, JudgeClient(spec), spec, todo, usage))
     else:
-        ctx.log.event("model_skipped", STAGE, spec.model, reason="all judgements cached")
-    ctx.log.event("stage_end", STAGE, spec.model, cells=len(todo), calls=usage.calls, cost_usd=usage.cost_usd)
+        ctx.log.event(Event.MODEL_SKIPPED, STAGE, spec.model, reason="all judgements cached")
+    ctx.log.event(Event.STAGE_END, STAGE, spec.model, cells=len(todo), calls=usage.calls, cost_usd=usage.cost_usd)
     return usage
 
 
@@ -149,7 +189,14 @@ async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo
             used = device_used_bytes()
             if used is not None and used > ctx.platform.pressure_threshold_bytes and client.capacity > 1:
                 before = client.capacity
-                ctx.log.event("memory_pressure", STAGE, spec.model, used_bytes=used, judge_concurrency=before, new_judge_concurrency=await client.halve())
+                ctx.log.event(
+                    Event.MEMORY_PRESSURE,
+                    STAGE,
+                    spec.model,
+                    used_bytes=used,
+                    judge_concurrency=before,
+                    new_judge_concurrency=await client.halve(),
+                )
             cells = queue.get_nowait()
             cell = cells[0]
             cell_usage = Usage()
@@ -158,7 +205,11 @@ async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo
                 result = await asyncio.wait_for(metrics[cell.metric].ascore(**cell.inputs), timeout=_metric_timeout(spec, cell))
                 value, cause, message = _value(result.value)
             except Exception as error:  # failures are data: NaN plus a recorded cause
-                value, cause, message = None, classify(error), f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+                value, cause, message = (
+                    None,
+                    classify(error),
+                    f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}",
+                )
             usage.add(cell_usage)
             for index, twin in enumerate(cells):  # the usage is paid once, by the first
                 _record(ctx, twin, value, cause, message, cell_usage.as_dict() if index == 0 else {}, cached_hit=index > 0)
@@ -171,15 +222,22 @@ async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo
         await asyncio.gather(*(worker(progress) for _ in range(max(1, spec.concurrency * 2))))
     if stopped:
         left = max(stopped)
-        ctx.note(f"judging stopped at ${usage.cost_usd:.4f}, the --max-judge-cost cap (${cap:.4f}): {left} distinct cells not judged", STAGE)
-        ctx.log.event("judge_cost_cap", STAGE, spec.model, cost_usd=usage.cost_usd, cells_left=left)
+        ctx.note(
+            f"judging stopped at ${usage.cost_usd:.4f}, the --max-judge-cost cap (${cap:.4f}): {left} distinct cells not judged", STAGE
+        )
+        ctx.log.event(Event.JUDGE_COST_CAP, STAGE, spec.model, cost_usd=usage.cost_usd, cells_left=left)
 
 
 def _metric_timeout(spec: JudgeSpec, cell: Cell) -> float:
     """The configured per-metric timeout, else room for every sequential call of the metric, each with its retries."""
     if cell.metric in spec.metric_timeout_s:
         return spec.metric_timeout_s[cell.metric]
-    calls = {"faithfulness": 2, "answer_relevancy": 5, "context_precision": len(cell.inputs.get("retrieved_contexts", [])), "context_recall": 1}[cell.metric]
+    calls = {
+        "faithfulness": 2,
+        "answer_relevancy": 5,
+        "context_precision": len(cell.inputs.get("retrieved_contexts", [])),
+        "context_recall": 1,
+    }[cell.metric]
     return spec.timeout_s * max(calls, 1) * (spec.retries + 1) * (spec.parse_retries + 1)
 
 
@@ -190,21 +248,40 @@ def _value(value) -> tuple[float | None, str | None, str | None]:
 
 
 def _record(ctx: RunContext, cell: Cell, value, cause, message, usage: dict, cached_hit: bool) -> None:
-    ctx.store.put_judgement(ctx.run_id, cell.embedding_model, cell.llm, cell.question_id, cell.metric, {
-        "value": value, "cause": cause, "message": message, "cached": int(cached_hit),
-        "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"), "cost_usd": usage.get("cost_usd"),
-    })  # fmt: skip
+    ctx.store.put_judgement(
+        ctx.run_id,
+        cell.embedding_model,
+        cell.llm,
+        cell.question_id,
+        cell.metric,
+        {
+            "repeat": cell.repeat,
+            "value": value,
+            "cause": cause,
+            "message": message,
+            "cached": int(cached_hit),
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "cost_usd": usage.get("cost_usd"),
+        },
+    )
 
 
 def _resident_judge(ctx: RunContext, spec: JudgeSpec):
     """A judge on Ollama is a model like the others: clean state, load once, unload, verify."""
     if not spec.model.startswith("ollama"):
         return nullcontext()
-    from .backends.base import GenerationOptions
-    from .backends.ollama import OllamaBackend
-    from .lifecycle import resident_model
-
-    backend = ctx.backend if getattr(ctx.backend, "host", None) == spec.base_url else OllamaBackend(spec.base_url)
+    backend = _judge_backend(ctx, spec)
     info = backend.describe(spec.model.split("/", 1)[1], "llm")
     options = GenerationOptions(max_tokens=spec.max_tokens, temperature=0.01, seed=0, num_ctx=spec.num_ctx or 8192)
     return resident_model(backend, info, STAGE, ctx.log, options)
+
+
+def _judge_backend(ctx: RunContext, spec: JudgeSpec) -> Backend:
+    """The run's own backend when the judge lives on the same Ollama; else one built the same way (timeouts, retries, logging)."""
+    settings = ctx.settings.model_copy(update={"backend": "ollama", "ollama_host": spec.base_url})
+    if ctx.settings.backend == "ollama" and normalize_host(ctx.settings.ollama_host) == normalize_host(spec.base_url):
+        return ctx.backend
+    backend = get_backend(settings, ctx.platform.device)
+    backend.on_retry, backend.log_path = ctx.backend.on_retry, ctx.backend.log_path
+    return backend

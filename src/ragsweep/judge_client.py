@@ -18,8 +18,6 @@ from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-CAUSES = ("timeout", "rate_limit", "server_error", "parse_error", "undefined")
-METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")
 TEMPERATURE, TOP_P = 0.01, 0.1  # ragas's deterministic defaults, part of the judge's identity
 
 
@@ -36,12 +34,23 @@ class JudgeSpec:
     num_ctx: int | None = None  # for an Ollama judge: its prompts are 1.7-5.8 k characters before contexts
     metric_timeout_s: dict[str, float] = field(default_factory=dict)  # per metric, over all its calls; else derived from timeout_s
     metric_parse_retries: dict[str, int] = field(default_factory=dict)  # per metric; else parse_retries
+    repeats: int = 1  # independent judgements per cell (--judge-repeats): measures the judge's own noise; not part of the identity
 
     @property
     def identity(self) -> str:
         """What makes two judgements comparable: part of every judge cache key."""
-        return json.dumps({"model": self.model, "embeddings": self.embeddings, "base_url": self.base_url, "max_tokens": self.max_tokens,
-                           "temperature": TEMPERATURE, "top_p": TOP_P, "num_ctx": self.num_ctx}, sort_keys=True)  # fmt: skip
+        return json.dumps(
+            {
+                "model": self.model,
+                "embeddings": self.embeddings,
+                "base_url": self.base_url,
+                "max_tokens": self.max_tokens,
+                "temperature": TEMPERATURE,
+                "top_p": TOP_P,
+                "num_ctx": self.num_ctx,
+            },
+            sort_keys=True,
+        )
 
 
 @dataclass
@@ -51,7 +60,7 @@ class Usage:
     completion_tokens: int = 0
     cost_usd: float | None = None  # None: LiteLLM does not know this model's price
 
-    def add(self, other: "Usage") -> None:
+    def add(self, other: Usage) -> None:
         self.calls += other.calls
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
@@ -68,8 +77,6 @@ current_cell: contextvars.ContextVar[Usage] = contextvars.ContextVar("current_ce
 @dataclass
 class JudgeClient:
     spec: JudgeSpec
-    in_flight: int = 0
-    max_in_flight: int = 0
     capacity: int = 0  # current cap; memory pressure halves it
     _semaphore: asyncio.Semaphore | None = field(default=None, repr=False)
 
@@ -103,16 +110,13 @@ class JudgeClient:
         return response
 
     async def _bounded(self, call, *args: Any, **kwargs: Any) -> Any:
-        retrying = AsyncRetrying(retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(self.spec.retries + 1), wait=_wait_retry_after, reraise=True)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retryable), stop=stop_after_attempt(self.spec.retries + 1), wait=_wait_retry_after, reraise=True
+        )
         async for attempt in retrying:
             with attempt:
                 async with self._gate():
-                    self.in_flight += 1
-                    self.max_in_flight = max(self.max_in_flight, self.in_flight)
-                    try:
-                        return await call(*args, **kwargs)
-                    finally:
-                        self.in_flight -= 1
+                    return await call(*args, **kwargs)
 
     def metrics(self) -> dict[str, Any]:
         """The four RAGAS metrics, each bound to this client (built once, called per sample)."""
@@ -126,10 +130,22 @@ class JudgeClient:
             extra["api_key"] = os.environ.get("OPENAI_API_KEY") or "not-needed"  # local OpenAI-compatible servers ignore it
         if spec.model.startswith("ollama"):
             extra.update(num_ctx=spec.num_ctx, keep_alive="30m")
+
         def llm_for(metric: str):
             re_asks = spec.metric_parse_retries.get(metric, spec.parse_retries)
-            return llm_factory(spec.model, provider="litellm", client=self.complete, adapter="instructor", max_tokens=spec.max_tokens,
-                               temperature=TEMPERATURE, top_p=TOP_P, max_retries=re_asks + 1, num_retries=0, timeout=spec.timeout_s, **extra)  # fmt: skip
+            return llm_factory(
+                spec.model,
+                provider="litellm",
+                client=self.complete,
+                adapter="instructor",
+                max_tokens=spec.max_tokens,
+                temperature=TEMPERATURE,
+                top_p=TOP_P,
+                max_retries=re_asks + 1,
+                num_retries=0,
+                timeout=spec.timeout_s,
+                **extra,
+            )
 
         client = self
 
@@ -151,7 +167,7 @@ class JudgeClient:
 
 
 def classify(error: BaseException) -> str:
-    """One of CAUSES for a metric that failed, from the error and what caused it."""
+    """Why a metric failed, from the error and what caused it: timeout, rate_limit, server_error, parse_error or undefined."""
     chain, seen = [], set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -166,7 +182,10 @@ def classify(error: BaseException) -> str:
             return "rate_limit"
         if (isinstance(status, int) and status >= 500) or name in {"InternalServerError", "ServiceUnavailableError", "APIConnectionError"}:
             return "server_error"
-    if any(type(item).__name__ in {"InstructorRetryException", "ValidationError", "JSONDecodeError", "IncompleteOutputException"} for item in chain):
+    if any(
+        type(item).__name__ in {"InstructorRetryException", "ValidationError", "JSONDecodeError", "IncompleteOutputException"}
+        for item in chain
+    ):
         return "parse_error"
     return "undefined"
 

@@ -13,7 +13,9 @@ from dataclasses import replace
 
 from .backends.base import Backend, GenerationOptions, LoadedModel, ModelInfo
 from .errors import MemoryNotReleasedError, ModelCallError, ModelUnavailableError
-from .memory import device_used_bytes, ensure_clean_gpu_state
+from .events import Event
+from .memory import ensure_clean_gpu_state
+from .nvml import device_used_bytes
 from .runlog import RunLog
 
 
@@ -24,10 +26,15 @@ def clean_state(backend: Backend, runlog: RunLog, stage: str, back_to_bytes: int
     load is handled where it happens.
     """
     try:
-        ensure_clean_gpu_state(backend, runlog.platform, on_unload=lambda name: runlog.event("model_unload", stage, name, reason="leftover"), back_to_bytes=back_to_bytes)
+        ensure_clean_gpu_state(
+            backend,
+            runlog.platform,
+            on_unload=lambda name: runlog.event(Event.MODEL_UNLOAD, stage, name, reason="leftover"),
+            back_to_bytes=back_to_bytes,
+        )
         return True
     except MemoryNotReleasedError as error:
-        runlog.event("memory_not_released", stage, model, message=str(error))
+        runlog.event(Event.MEMORY_NOT_RELEASED, stage, model, message=str(error))
         return False
 
 
@@ -54,14 +61,29 @@ class Resident:
             except ModelCallError as error:
                 if error.cause != "out_of_memory":
                     raise ModelUnavailableError(f"could not load {self.info.name}: {error}", cause=error.cause) from None
-                self._log.event("out_of_memory", self._stage, self.info.name, step=step, message=str(error))
+                self._log.event(Event.OUT_OF_MEMORY, self._stage, self.info.name, step=step, message=str(error))
                 last = error
                 continue
             self.options, self.degraded = options, step in {"num_ctx halved", "half the layers on the GPU"}
-            extra = {"recovered_by": step, "num_ctx": options.num_ctx if options else None, "num_gpu": options.num_gpu if options else None} if step != "as configured" else {}
-            self._log.event("model_load", self._stage, self.info.name, load_s=round(model.load_seconds, 3), digest=self.info.digest[:12], **reason, **extra)
+            extra = (
+                {"recovered_by": step, "num_ctx": options.num_ctx if options else None, "num_gpu": options.num_gpu if options else None}
+                if step != "as configured"
+                else {}
+            )
+            self._log.event(
+                Event.MODEL_LOAD,
+                self._stage,
+                self.info.name,
+                load_s=round(model.load_seconds, 3),
+                digest=self.info.digest[:12],
+                **reason,
+                **extra,
+            )
             return model
-        raise ModelUnavailableError(f"{self.info.name} does not fit in memory, even with num_ctx halved and half its layers on the GPU ({last})", cause="out_of_memory")
+        raise ModelUnavailableError(
+            f"{self.info.name} does not fit in memory, even with num_ctx halved and half its layers on the GPU ({last})",
+            cause="out_of_memory",
+        )
 
     def _ladder(self):
         yield "as configured", self.options
@@ -79,7 +101,7 @@ class Resident:
         except ModelCallError as error:
             if error.cause not in RECOVERABLE:
                 raise
-            self._log.event("recovering", self._stage, self.info.name, cause=error.cause, message=str(error))
+            self._log.event(Event.RECOVERING, self._stage, self.info.name, cause=error.cause, message=str(error))
             self.reload()
             return getattr(self.model, method)(*args)
 
@@ -91,11 +113,13 @@ class Resident:
 
     def close(self) -> None:
         self.model.close()
-        self._log.event("model_unload", self._stage, self.info.name)
+        self._log.event(Event.MODEL_UNLOAD, self._stage, self.info.name)
 
 
 @contextmanager
-def resident_model(backend: Backend, info: ModelInfo, stage: str, runlog: RunLog, options: GenerationOptions | None = None) -> Iterator[Resident]:
+def resident_model(
+    backend: Backend, info: ModelInfo, stage: str, runlog: RunLog, options: GenerationOptions | None = None
+) -> Iterator[Resident]:
     clean_state(backend, runlog, stage)
     before = runlog.snapshot(stage, "before_load", backend, info.name)
     resident = Resident(backend, info, stage, runlog, options)
@@ -108,7 +132,7 @@ def resident_model(backend: Backend, info: ModelInfo, stage: str, runlog: RunLog
         verified = clean_state(backend, runlog, stage, back_to_bytes=before.device_used_bytes, model=info.name)
         after = runlog.snapshot(stage, "after_unload", backend, info.name)
         if verified:
-            runlog.event("unload_verified", stage, info.name, in_use_bytes=after.in_use_bytes)
+            runlog.event(Event.UNLOAD_VERIFIED, stage, info.name, in_use_bytes=after.in_use_bytes)
 
 
 def relieve_pressure(backend: Backend, runlog: RunLog, stage: str, keep: str, size: int) -> int:
@@ -120,7 +144,6 @@ def relieve_pressure(backend: Backend, runlog: RunLog, stage: str, keep: str, si
     for info in backend.loaded():
         if info.name.split(":")[0] != keep.split(":")[0] and not info.stopping:
             backend.unload(info.name)
-            runlog.event("model_unload", stage, info.name, reason="memory pressure")
-    runlog.event("memory_pressure", stage, keep, used_bytes=used, threshold_bytes=threshold, batch_size=size, new_batch_size=size // 2)
+            runlog.event(Event.MODEL_UNLOAD, stage, info.name, reason="memory pressure")
+    runlog.event(Event.MEMORY_PRESSURE, stage, keep, used_bytes=used, threshold_bytes=threshold, batch_size=size, new_batch_size=size // 2)
     return size // 2
-

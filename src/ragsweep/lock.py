@@ -22,7 +22,9 @@ def results_lock(results_dir: Path, run_id: str) -> Iterator[None]:
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise RunLockedError(f"another ragsweep run is using {results_dir} ({_describe(holder)}) — wait for it, or pass another --results-dir") from None
+        raise RunLockedError(
+            f"another ragsweep run is using {results_dir} ({_describe(holder)}) — wait for it, or pass another --results-dir"
+        ) from None
     try:
         holder.write_text(json.dumps({"run_id": run_id, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
         yield

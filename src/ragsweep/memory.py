@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from . import nvml
 from .errors import MemoryNotReleasedError
 from .platform import PlatformConfig
 
@@ -66,7 +67,7 @@ def bytes_in_use(row: dict) -> int:
     return row.get("runner_rss_bytes") or 0
 
 
-def monitor_gpu_memory(stage: str, label: str, backend: "Backend", platform: PlatformConfig, model: str | None = None) -> MemorySnapshot:
+def monitor_gpu_memory(stage: str, label: str, backend: Backend, platform: PlatformConfig, model: str | None = None) -> MemorySnapshot:
     """Take one snapshot from every source available on this machine."""
     loaded = backend.loaded()
     pids = [info.pid for info in loaded if info.pid]
@@ -96,7 +97,7 @@ RETURN_TOLERANCE = 256 * 1024**2  # device memory may differ this much from its 
 
 
 def ensure_clean_gpu_state(
-    backend: "Backend",
+    backend: Backend,
     platform: PlatformConfig,
     on_unload: Callable[[str], None] = lambda name: None,
     back_to_bytes: int | None = None,
@@ -117,7 +118,7 @@ def ensure_clean_gpu_state(
     deadline = time.monotonic() + platform.unload_timeout_s
     while True:
         still_loaded = [info.name for info in backend.loaded()]
-        used = device_used_bytes()
+        used = nvml.device_used_bytes()
         if not still_loaded and (used is None or used <= limit):
             return
         if time.monotonic() > deadline:
@@ -128,7 +129,8 @@ def ensure_clean_gpu_state(
 def _not_released_message(still_loaded: list[str], used: int | None, limit: int, platform: PlatformConfig) -> str:
     held = f"still loaded: {', '.join(still_loaded)}" if still_loaded else "no model listed as loaded"
     device = f"; device memory in use {used / 1e9:.2f} GB > {limit / 1e9:.2f} GB expected" if used is not None else ""
-    return f"memory did not come back within {platform.unload_timeout_s:.0f} s after unloading ({held}{device}) — check what else holds GPU memory (nvidia-smi, ollama ps)"
+    hint = "check what else holds GPU memory (nvidia-smi, ollama ps)"
+    return f"memory did not come back within {platform.unload_timeout_s:.0f} s after unloading ({held}{device}) — {hint}"
 
 
 def _rss_of(pids: list[int]) -> int:
@@ -141,23 +143,11 @@ def _rss_of(pids: list[int]) -> int:
     return total
 
 
-def device_used_bytes() -> int | None:
-    """Device memory in use now (NVML), or None where there is no NVIDIA device."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used)
-    except Exception:  # no package, no driver, no device: the source is absent
-        return None
-
-
 def _add_nvml(snapshot: MemorySnapshot, runner_pids: list[int]) -> None:
+    pynvml, handle = nvml.first_device()
+    if pynvml is None:
+        return
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
         info = pynvml.nvmlDeviceGetMemoryInfo(handle)
         processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
     except Exception:

@@ -1,7 +1,8 @@
-"""Scores that need no judge: retrieval against reference ids, answers against the reference.
+"""The scores a sample gets, by name, and the ones computed without a judge.
 
 Retrieval is scored on the ranked list of *documents* (chunks mapped back to their document,
-first occurrence kept), with binary relevance.
+first occurrence kept), with binary relevance; answers against the reference as in SQuAD; the
+LLM-judged (RAGAS) metrics are named here and computed by the judge stage.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+
+RETRIEVAL_METRICS = ("recall_at_k", "mrr", "ndcg_at_k")  # known even when the answer failed
+ANSWER_METRICS = ("exact_match", "token_f1")
+JUDGE_METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")  # RAGAS, through the judge LLM
 
 
 def recall_at_k(ranked: Sequence[str], relevant: Sequence[str], k: int) -> float:

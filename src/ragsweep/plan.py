@@ -12,10 +12,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from . import fmt
 from .backends.base import Backend, ModelInfo
+from .config import Settings
 from .judge_client import JudgeSpec
 from .platform import PlatformConfig
-from .retrieval import LEXICAL, describe_retriever
+from .retrievers import BASELINES, describe_retriever, needs_model
 from .store import Store
 
 DEFAULT_ANSWER_S = 3.0  # measured: 2-4 s per answer for the demo's tiny LLMs on 2 CPU cores
@@ -41,15 +43,15 @@ class Plan:
     expected_bytes: dict[str, int] = field(default_factory=dict)  # memory each model will take, for the fit check
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], judge: JudgeSpec | None) -> "Plan":
+    def from_dict(cls, data: dict[str, Any], judge: JudgeSpec | None) -> Plan:
         """The plan a stored run was made with (for --retry-failed)."""
         models = lambda rows: [ModelInfo(**row) for row in rows]  # noqa: E731
         return cls(models(data["retrievers"]), models(data["llms"]), data["questions"], data["chunks"], judge, data.get("top_k", 3))
 
     @property
     def judge_calls(self) -> int:
-        """Judge LLM calls: 6 + k per sample (faithfulness 2, answer_relevancy 3, precision k, recall 1)."""
-        return self.samples * (6 + self.top_k) if self.judge else 0
+        """Judge LLM calls: 6 + k per sample (faithfulness 2, answer_relevancy 3, precision k, recall 1), times the repeats."""
+        return self.samples * (6 + self.top_k) * self.judge.repeats if self.judge else 0
 
     def judge_cost_usd(self) -> float | None:
         """A rough estimate from LiteLLM's price list; None when it does not know the model."""
@@ -57,10 +59,14 @@ class Plan:
             return None
         import litellm
 
-        price = litellm.model_cost.get(self.judge.model.split("/", 1)[-1] if self.judge.model.startswith("openai/") and not self.judge.base_url else self.judge.model)
+        price = litellm.model_cost.get(
+            self.judge.model.split("/", 1)[-1] if self.judge.model.startswith("openai/") and not self.judge.base_url else self.judge.model
+        )
         if not price or price.get("input_cost_per_token") is None:
             return None
-        return self.judge_calls * (JUDGE_PROMPT_TOKENS * price["input_cost_per_token"] + JUDGE_COMPLETION_TOKENS * price.get("output_cost_per_token", 0.0))
+        return self.judge_calls * (
+            JUDGE_PROMPT_TOKENS * price["input_cost_per_token"] + JUDGE_COMPLETION_TOKENS * price.get("output_cost_per_token", 0.0)
+        )
 
     @property
     def samples(self) -> int:
@@ -68,7 +74,8 @@ class Plan:
 
     @property
     def model_loads(self) -> int:
-        return len(self.retrievers) + len(self.llms)  # E + L: each model once
+        """E + L: each model once (the oracle and closed-book baselines load nothing)."""
+        return sum(1 for r in self.retrievers if r.name not in BASELINES) + len(self.llms)
 
     @property
     def estimated_s(self) -> float:
@@ -90,19 +97,29 @@ class Plan:
         }
 
 
-def make_plan(backend: Backend, store: Store, retriever_names: list[str], llm_names: list[str], questions: int, chunks: int,
-              judge: JudgeSpec | None = None, top_k: int = 3) -> Plan:  # fmt: skip
+def make_plan(
+    backend: Backend,
+    store: Store,
+    retriever_names: list[str],
+    llm_names: list[str],
+    questions: int,
+    chunks: int,
+    judge: JudgeSpec | None = None,
+    top_k: int = 3,
+) -> Plan:
     backend.check()
     retrievers = [describe_retriever(backend, name) for name in retriever_names]
     llms = [backend.describe(name, "llm") for name in llm_names]
     plan = Plan(retrievers, llms, questions, chunks, judge, top_k)
     for retriever in retrievers:
-        plan.cached_embeddings[retriever.name] = 0 if retriever.name == LEXICAL else store.cached_embedding_count(retriever.digest)
+        plan.cached_embeddings[retriever.name] = store.cached_embedding_count(retriever.digest) if needs_model(retriever.name) else 0
     for llm in llms:
         plan.answer_seconds[llm.name] = store.mean_answer_seconds(llm.digest) or DEFAULT_ANSWER_S
     for model in retrievers + llms:
         if model.size_bytes:
-            plan.expected_bytes[model.name] = store.loaded_bytes(model.name) or int(model.size_bytes * WEIGHTS_TO_RESIDENT + RUNNER_OVERHEAD)
+            plan.expected_bytes[model.name] = store.loaded_bytes(model.name) or int(
+                model.size_bytes * WEIGHTS_TO_RESIDENT + RUNNER_OVERHEAD
+            )
     return plan
 
 
@@ -113,30 +130,54 @@ def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
     budget = platform.pressure_threshold_bytes
     for model in plan.retrievers + plan.llms:
         need = plan.expected_bytes.get(model.name)
-        fits = "-" if need is None else (f"yes (~{need / 1e9:.1f} GB)" if need < budget else f"NO (~{need / 1e9:.1f} GB > {budget / 1e9:.1f} GB): a smaller num_ctx or partial offload (num_gpu) may fit")
-        cached = f"{plan.cached_embeddings[model.name]} vectors" if model.name in plan.cached_embeddings else f"~{plan.answer_seconds[model.name]:.1f} s/answer"
-        table.add_row(model.name, model.kind, model.digest[:12], _gb(model.size_bytes), model.license or "-", fits, cached)
+        fits = (
+            "-"
+            if need is None
+            else (
+                f"yes (~{need / 1e9:.1f} GB)"
+                if need < budget
+                else f"NO (~{need / 1e9:.1f} GB > {budget / 1e9:.1f} GB): a smaller num_ctx or partial offload (num_gpu) may fit"
+            )
+        )
+        cached = (
+            f"{plan.cached_embeddings[model.name]} vectors"
+            if model.name in plan.cached_embeddings
+            else f"~{plan.answer_seconds[model.name]:.1f} s/answer"
+        )
+        table.add_row(
+            model.name,
+            model.kind,
+            model.digest[:12],
+            "-" if model.size_bytes is None else f"{fmt.gb(model.size_bytes)} GB",
+            model.license or "-",
+            fits,
+            cached,
+        )
     console.print(table)
     console.print(
         f"matrix: {len(plan.retrievers)} retrievers × {len(plan.llms)} LLMs × {plan.questions} questions = {plan.samples} samples; "
         f"{plan.chunks} chunks; model loads: {plan.model_loads} (E + L); "
         f"platform: {platform.device} ({platform.device_name}), memory {platform.memory_total_bytes / 1e9:.1f} GB; "
-        f"estimated time: {_duration(plan.estimated_s)} (cached work is skipped)"
+        f"estimated time: {fmt.duration(plan.estimated_s)} (cached work is skipped)"
     )
     if plan.judge:
         cost = plan.judge_cost_usd()
         console.print(
-            f"judge: {plan.judge.model} (embeddings {plan.judge.embeddings}), {plan.samples} samples × (6 + k={plan.top_k}) = {plan.judge_calls} judge calls "
-            f"+ {2 * plan.samples} embedding calls, at most {plan.judge.concurrency} in flight; "
-            + (f"estimated cost ≤ ${cost:.2f} (≈{JUDGE_PROMPT_TOKENS} prompt + {JUDGE_COMPLETION_TOKENS} completion tokens a call; cached cells are free)" if cost is not None else "cost unknown to LiteLLM (local judge: free)")
+            f"judge: {plan.judge.model} (embeddings {plan.judge.embeddings}), {plan.samples} samples × (6 + k={plan.top_k})"
+            f"{f' × {plan.judge.repeats} repeats' if plan.judge.repeats > 1 else ''} = {plan.judge_calls} judge calls "
+            f"+ {2 * plan.samples * plan.judge.repeats} embedding calls, at most {plan.judge.concurrency} in flight; "
+            + (
+                f"estimated cost ≤ ${cost:.2f} (≈{JUDGE_PROMPT_TOKENS} prompt + {JUDGE_COMPLETION_TOKENS} completion tokens a "
+                "call; cached cells are free)"
+                if cost is not None
+                else "cost unknown to LiteLLM (local judge: free)"
+            )
         )
 
 
-def _gb(size: int | None) -> str:
-    return "-" if size is None else f"{size / 1e9:.2f} GB"
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+def print_settings(settings: Settings, console: Console) -> None:
+    """--dry-run: every setting and where its value came from, so a layer that was overridden shows why."""
+    console.print("settings (flags > environment/.env > config file > built-in defaults):", highlight=False)
+    for key, value in settings.public_dict().items():
+        shown = ",".join(map(str, value)) if isinstance(value, list) else value
+        console.print(f"  {key}: {shown} ({settings.origin(key)})", highlight=False, markup=False)

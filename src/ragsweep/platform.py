@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import psutil
 
+from . import nvml
+
 GB = 1024**3
 
 
@@ -65,15 +67,8 @@ def get_platform_config(**overrides) -> PlatformConfig:
 
 
 def _nvml_device() -> tuple[str, int] | None:
-    try:
-        import pynvml
-    except ImportError:
+    pynvml, handle = nvml.first_device()
+    if pynvml is None:
         return None
-    try:
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        name = pynvml.nvmlDeviceGetName(handle)
-        total = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-        return (name.decode() if isinstance(name, bytes) else name), int(total)
-    except pynvml.NVMLError:
-        return None
+    name = pynvml.nvmlDeviceGetName(handle)
+    return (name.decode() if isinstance(name, bytes) else name), int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)

@@ -11,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on a GPU box over SSH
 import matplotlib.pyplot as plt  # noqa: E402
 
+plt.rcParams["text.parse_math"] = False  # model names and user text are labels, never mathtext: '$\\bad$' must not crash a report
+
 
 def figure_uri(fig) -> str:
     buffer = io.BytesIO()
@@ -19,18 +21,26 @@ def figure_uri(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def heatmap(values: dict[tuple[str, str], float], metric: str) -> str:
-    """LLM (rows) × embedding model (columns), each cell annotated with its value."""
+def heatmap(values: dict[tuple[str, str], float], metric: str, spreads: dict[tuple[str, str], float] | None = None) -> str:
+    """LLM (rows) × embedding model (columns), each cell annotated with its value and ± half its 95 % interval."""
+    spreads = spreads or {}
     llms = sorted({llm for _, llm in values})
     retrievers = sorted({retriever for retriever, _ in values})
     grid = [[values.get((r, llm), math.nan) for r in retrievers] for llm in llms]
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(retrievers), 1.0 + 0.6 * len(llms)))
-    image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=max(1.0, max((v for row in grid for v in row if not math.isnan(v)), default=1.0)), aspect="auto")
+    image = ax.imshow(
+        grid,
+        cmap="viridis",
+        vmin=0.0,
+        vmax=max(1.0, max((v for row in grid for v in row if not math.isnan(v)), default=1.0)),
+        aspect="auto",
+    )
     ax.set_xticks(range(len(retrievers)), retrievers, rotation=20, ha="right")
     ax.set_yticks(range(len(llms)), llms)
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
-            text = "NaN" if math.isnan(value) else f"{value:.2f}"
+            spread = spreads.get((retrievers[j], llms[i]))
+            text = "NaN" if math.isnan(value) else f"{value:.2f}" + (f"\n±{spread:.2f}" if spread is not None else "")
             ax.text(j, i, text, ha="center", va="center", color="white" if math.isnan(value) or value < 0.6 else "black", fontsize=10)
     ax.set_title(metric)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -43,7 +53,14 @@ def tradeoff(points: list[dict], x_key: str, x_label: str, quality_label: str, p
     for index, point in enumerate(points):
         best = index in pareto
         ax.scatter(point[x_key], point["quality"], s=70 if best else 40, color="tab:red" if best else "tab:blue", zorder=3)
-        ax.annotate(point["label"], (point[x_key], point["quality"]), fontsize=8, xytext=(5, 4), textcoords="offset points", fontweight="bold" if best else "normal")
+        ax.annotate(
+            point["label"],
+            (point[x_key], point["quality"]),
+            fontsize=8,
+            xytext=(5, 4),
+            textcoords="offset points",
+            fontweight="bold" if best else "normal",
+        )
     ax.set_xlabel(x_label)
     ax.set_ylabel(quality_label)
     ax.grid(alpha=0.3)
@@ -51,14 +68,22 @@ def tradeoff(points: list[dict], x_key: str, x_label: str, quality_label: str, p
     return figure_uri(fig)
 
 
-def memory_timeline(points: list[tuple[float, float, str]], marks: list[tuple[float, str, str]], budget_gb: float | None, baseline_gb: float | None, source: str) -> str:
+def memory_timeline(
+    points: list[tuple[float, float, str]],
+    marks: list[tuple[float, str, str]],
+    budget_gb: float | None,
+    baseline_gb: float | None,
+    source: str,
+) -> str:
     """In-use memory over the run; load (green) and unload (grey) marks; the budget line."""
     fig, ax = plt.subplots(figsize=(9, 3.8))
     ax.plot([t for t, _, _ in points], [gb for _, gb, _ in points], marker="o", markersize=3, linewidth=1.5, color="tab:blue", label=source)
     for t, kind, model in marks:
         ax.axvline(t, color="tab:green" if kind == "load" else "0.6", linestyle="--", linewidth=0.8)
         if kind == "load":  # labels along the top edge, clear of the data
-            ax.text(t, 0.98, f" {model}", rotation=90, fontsize=7, va="top", ha="right", color="tab:green", transform=ax.get_xaxis_transform())
+            ax.text(
+                t, 0.98, f" {model}", rotation=90, fontsize=7, va="top", ha="right", color="tab:green", transform=ax.get_xaxis_transform()
+            )
     if budget_gb is not None:
         ax.axhline(budget_gb, color="tab:red", linewidth=1.2, label=f"pressure threshold {budget_gb:.1f} GB")
     if baseline_gb is not None:

@@ -29,6 +29,13 @@ def bar(description: str, total: int, quiet: bool) -> Iterator[_Bar | _Silent]:
     if quiet or total == 0:
         yield _Silent()
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=stderr, transient=False) as progress:
         yield _Bar(progress, progress.add_task(description, total=total))

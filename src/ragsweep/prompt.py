@@ -1,4 +1,8 @@
-"""The one prompt template: numbered context passages, the question, "answer briefly from the context"."""
+"""The one prompt template: numbered context passages, the question, "answer briefly from the context".
+
+With no passages (the closed-book baseline) the prompt has no context section at all and does not
+mention one: the model answers from what it knows.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,15 @@ INSTRUCTION = (
 )
 
 
+CLOSED_BOOK_INSTRUCTION = INSTRUCTION.replace(", using only the context", "")
+
+
 def build_prompt(question: str, contexts: list[str]) -> Prompt:
+    """A RAG prompt over `contexts`; an empty list makes the closed-book prompt."""
+    instruction = INSTRUCTION if contexts else CLOSED_BOOK_INSTRUCTION
     passages = "\n\n".join(f"[{n}] {text}" for n, text in enumerate(contexts, start=1))
-    user = f"Context:\n{passages}\n\nQuestion: {question}"
-    messages = ({"role": "system", "content": INSTRUCTION}, {"role": "user", "content": user})
+    user = f"Context:\n{passages}\n\nQuestion: {question}" if contexts else f"Question: {question}"
+    messages = ({"role": "system", "content": instruction}, {"role": "user", "content": user})
     # Base models (no chat template) continue text: the same content ending in "Answer:".
-    completion = f"{INSTRUCTION}\n\n{user}\nAnswer:"
+    completion = f"{instruction}\n\n{user}\nAnswer:"
     return Prompt(messages=messages, completion=completion)

@@ -1,7 +1,8 @@
 """Retrieve stage: per embedding model, top-k passages for every question, scored against the reference ids.
 
 Dense models embed chunks and questions (batched, cached by model digest + text hash) and rank by
-exact cosine similarity; `bm25` ranks lexically with bm25s and needs no model. A model whose
+exact cosine similarity; `bm25` ranks lexically with bm25s and needs no model; the `oracle` and
+`none` baselines store the reference passages or nothing. A model whose
 vectors are all cached is not loaded at all.
 """
 
@@ -13,14 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backends.base import ModelInfo
+from .errors import ModelCallError
+from .events import Event
 from .lifecycle import relieve_pressure, resident_model
-from .metrics import dedupe, mrr, ndcg_at_k, recall_at_k
+from .metrics import RETRIEVAL_METRICS, dedupe, mrr, ndcg_at_k, recall_at_k
 from .progress import bar
+from .retrievers import BASELINES, LEXICAL, ORACLE
 from .run import RunContext
 from .testset import Document, Question
 
 STAGE = "retrieve"
-LEXICAL = "bm25"
 
 
 @dataclass(frozen=True)
@@ -48,45 +51,70 @@ def _with_title(document: Document, text: str) -> str:
     return f"{document.title}: {text}" if document.title else text
 
 
-def describe_retriever(ctx_backend, name: str) -> ModelInfo:
-    if name == LEXICAL:
-        from importlib.metadata import version
-
-        return ModelInfo(LEXICAL, "embedding", f"bm25s-{version('bm25s')}", "MIT (bm25s)", None, "bm25s", {"engine": "bm25s"})
-    return ctx_backend.describe(name, "embedding")
+def retrieve_all(ctx: RunContext, retrievers: list[ModelInfo], chunks: list[Chunk], questions: list[Question]) -> list[str]:
+    """Each retriever in turn (a model loaded once); returns the names that worked. A failed one is skipped with its reason."""
+    usable = []
+    for retriever in retrievers:
+        try:
+            retrieve(ctx, retriever, chunks, questions)
+            usable.append(retriever.name)
+        except ModelCallError as error:
+            ctx.note(f"{retriever.name}: retrieval failed, its samples were skipped — {error}")
+            ctx.log.event(Event.MODEL_FAILED, STAGE, retriever.name, cause=error.cause, message=str(error))
+    return usable
 
 
 def retrieve(ctx: RunContext, retriever: ModelInfo, chunks: list[Chunk], questions: list[Question]) -> None:
     """Rank chunks for every question and store one scored row per question."""
     k = min(ctx.settings.top_k, len(chunks))
-    ctx.log.event("stage_start", STAGE, retriever.name)
+    ctx.log.event(Event.STAGE_START, STAGE, retriever.name)
+    if retriever.name in BASELINES:
+        _store_baseline(ctx, retriever.name, chunks, questions)
+        ctx.log.event(Event.STAGE_END, STAGE, retriever.name, questions=len(questions))
+        return
     if retriever.name == LEXICAL:
         ranked = _bm25_rank(ctx, chunks, questions, k)
     else:
         ranked = _dense_rank(ctx, retriever, chunks, questions, k)
-    for question, chunk_indexes in zip(questions, ranked):
+    for question, chunk_indexes in zip(questions, ranked, strict=True):
         hits = [chunks[i] for i in chunk_indexes]
         docs = dedupe([chunk.doc_id for chunk in hits])
         relevant = question.reference_context_ids
         scores = {"recall_at_k": recall_at_k(docs, relevant, k), "mrr": mrr(docs, relevant), "ndcg_at_k": ndcg_at_k(docs, relevant, k)}
         ctx.store.put_retrieval(ctx.run_id, retriever.name, question.id, [c.id for c in hits], [c.text for c in hits], scores)
-    ctx.log.event("stage_end", STAGE, retriever.name, questions=len(questions))
+    ctx.log.event(Event.STAGE_END, STAGE, retriever.name, questions=len(questions))
+
+
+def _store_baseline(ctx: RunContext, name: str, chunks: list[Chunk], questions: list[Question]) -> None:
+    """oracle: every chunk of the reference documents, in reference order (perfect retrieval); none: nothing (closed book)."""
+    by_doc: dict[str, list[Chunk]] = {}
+    for chunk in chunks:
+        by_doc.setdefault(chunk.doc_id, []).append(chunk)
+    for question in questions:
+        if name == ORACLE:
+            hits = [chunk for doc_id in question.reference_context_ids for chunk in by_doc[doc_id]]
+            scores = dict.fromkeys(RETRIEVAL_METRICS, 1.0)
+        else:
+            hits, scores = [], dict.fromkeys(RETRIEVAL_METRICS)  # no retrieval happened: empty, never 0
+        ctx.store.put_retrieval(ctx.run_id, name, question.id, [c.id for c in hits], [c.text for c in hits], scores)
 
 
 def _bm25_rank(ctx: RunContext, chunks: list[Chunk], questions: list[Question], k: int) -> list[list[int]]:
     import bm25s
 
-    ctx.log.event("model_load", STAGE, LEXICAL, load_s=0.0, note="in-process lexical index")
+    ctx.log.event(Event.MODEL_LOAD, STAGE, LEXICAL, load_s=0.0, note="in-process lexical index")
     index = bm25s.BM25()
     index.index(bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False), show_progress=False)
-    found, _ = index.retrieve(bm25s.tokenize([q.question for q in questions], stopwords="en", show_progress=False), k=k, show_progress=False)
-    ctx.log.event("model_unload", STAGE, LEXICAL)
+    found, _ = index.retrieve(
+        bm25s.tokenize([q.question for q in questions], stopwords="en", show_progress=False), k=k, show_progress=False
+    )
+    ctx.log.event(Event.MODEL_UNLOAD, STAGE, LEXICAL)
     return found.tolist()
 
 
 def _dense_rank(ctx: RunContext, retriever: ModelInfo, chunks: list[Chunk], questions: list[Question], k: int) -> list[list[int]]:
-    chunk_vectors = _embeddings(ctx, retriever, [c.text for c in chunks] + [q.question for q in questions])
-    corpus, queries = chunk_vectors[: len(chunks)], chunk_vectors[len(chunks) :]
+    vectors = _embeddings(ctx, retriever, [c.text for c in chunks] + [q.question for q in questions])
+    corpus, queries = vectors[: len(chunks)], vectors[len(chunks) :]
     similarity = queries @ corpus.T  # vectors are L2-normalised: dot product = cosine
     top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     order = np.take_along_axis(similarity, top, axis=1).argsort(axis=1)[:, ::-1]
@@ -99,9 +127,12 @@ def _embeddings(ctx: RunContext, retriever: ModelInfo, texts: list[str]) -> np.n
     vectors = {} if ctx.settings.fresh else ctx.store.cached_embeddings(retriever.digest, hashes)
     missing = list(dict.fromkeys(h for h in hashes if h not in vectors))
     if missing:
-        text_of = dict(zip(hashes, texts))
+        text_of = dict(zip(hashes, texts, strict=True))
         batch_size = ctx.platform.embed_batch_size
-        with resident_model(ctx.backend, retriever, STAGE, ctx.log) as resident, bar(f"embed {retriever.name}", len(missing), ctx.quiet) as progress:
+        with (
+            resident_model(ctx.backend, retriever, STAGE, ctx.log) as resident,
+            bar(f"embed {retriever.name}", len(missing), ctx.quiet) as progress,
+        ):
             done, halved = 0, False
             while done < len(missing):
                 if not halved:  # once per stage: a smaller batch frees activations, not the weights
@@ -110,10 +141,10 @@ def _embeddings(ctx: RunContext, retriever: ModelInfo, texts: list[str]) -> np.n
                 batch = missing[done : done + batch_size]
                 batch_vectors, seconds = resident.call("embed", [text_of[h] for h in batch])
                 ctx.model_call_s += seconds
-                ctx.store.put_embeddings(retriever.digest, list(zip(batch, batch_vectors)))
-                vectors.update(zip(batch, batch_vectors))
+                ctx.store.put_embeddings(retriever.digest, list(zip(batch, batch_vectors, strict=True)))
+                vectors.update(zip(batch, batch_vectors, strict=True))
                 done += len(batch)
                 progress.advance(len(batch))
     else:
-        ctx.log.event("model_skipped", STAGE, retriever.name, reason="all embeddings cached")
+        ctx.log.event(Event.MODEL_SKIPPED, STAGE, retriever.name, reason="all embeddings cached")
     return np.stack([vectors[h] for h in hashes])

@@ -1,18 +1,41 @@
-"""What every stage of one run shares: where it writes, what it runs on, how it reports."""
+"""One run from lock to exit code: `open_run` opens it, the stages work inside, and the way out closes it.
+
+Inside the block the results folder is locked, SIGTERM raises like Ctrl-C, and run.log and
+events.jsonl are open. On the way out, whatever happened: every model is unloaded, the exports of
+what finished are written, run.json and the status are stored, and `run.outcome` says how it ended.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import platform as python_platform
 import secrets
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .backends.base import Backend, GenerationOptions
 from .config import Settings
-from .errors import FailureBudgetExceededError
+from .errors import BackendUnavailableError, FailureBudgetExceededError, RagsweepError
+from .events import EVENTS_SCHEMA_VERSION, Event
+from .lock import results_lock
+from .outcome import Interrupted, Outcome, Stop, decide_outcome, stop_from
 from .platform import PlatformConfig
+from .report import write_exports
 from .runlog import RunLog
 from .store import Store
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+RUN_JSON_SCHEMA_VERSION = 2  # 2: schema_version, outcome (planned/answered/failed/reason)
+STOPS = (KeyboardInterrupt, Interrupted, BackendUnavailableError, FailureBudgetExceededError)
 
 
 @dataclass
@@ -29,17 +52,31 @@ class RunContext:
     failures: int = 0  # samples that got no answer
     failure_budget: int | None = None  # stop the run when this many samples failed
     notes: list[str] = field(default_factory=list)  # what was skipped or failed and why
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for run.json
+    summary: list[dict[str, Any]] = field(default_factory=list)  # per combination, once the exports are written
+    outcome: Outcome | None = None  # set when the run is closed
 
     def count_failures(self, n: int, budgeted: bool = True) -> None:
         """Failed samples; past the budget the run stops (a model that cannot load is skipped, not budgeted)."""
         self.failures += n
         if budgeted and self.failure_budget is not None and self.failures >= self.failure_budget:
-            raise FailureBudgetExceededError(f"{self.failures} samples failed, the --max-failures budget is {self.failure_budget}: stopping instead of grinding on")
+            raise FailureBudgetExceededError(
+                f"{self.failures} samples failed, the --max-failures budget is {self.failure_budget}: stopping instead of grinding on"
+            )
 
     def note(self, message: str, stage: str | None = None) -> None:
         """A line for the report; kept as an event so the report can be rebuilt from the store."""
         self.notes.append(message)
-        self.log.event("note", stage, message=message)
+        self.log.event(Event.NOTE, stage, message=message)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the block's wall time to timings[name] (seconds), even when it ends in an error."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     @property
     def generation_options(self) -> GenerationOptions:
@@ -50,3 +87,116 @@ class RunContext:
 def new_run_id() -> str:
     """Sortable by time, unique across runs started in the same second."""
     return f"{datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def failure_budget(max_failures: float | None, samples: int) -> int | None:
+    """--max-failures: a count (>= 1) or a share of the planned samples (< 1)."""
+    if max_failures is None:
+        return None
+    return max(1, round(max_failures * samples)) if max_failures < 1 else int(max_failures)
+
+
+@contextmanager
+def open_run(
+    settings: Settings,
+    platform: PlatformConfig,
+    backend: Backend,
+    store: Store,
+    plan: Plan,
+    questions: list | None = None,
+    quiet: bool = False,
+    run_id: str | None = None,
+) -> Iterator[RunContext]:
+    """A new run over `questions`, or (with `run_id`) an existing one re-opened in place, from lock to `ctx.outcome`."""
+    run_id = run_id or new_run_id()
+    with results_lock(settings.results_dir, run_id):
+        ctx = _start(run_id, settings, platform, backend, store, quiet)
+        if questions is not None:
+            store.start_run(run_id, settings.public_dict(), plan.as_dict(), platform.as_dict())
+            store.add_questions(run_id, questions)
+        ctx.failure_budget = failure_budget(settings.max_failures, plan.samples)
+        stop: Stop | None = None
+        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            with ctx.timed("wall_s"):
+                yield ctx
+        except STOPS as error:
+            stop = stop_from(error)
+            ctx.note(f"run {stop.status}: {stop.reason}")
+            ctx.log.event(Event.RUN_STOPPED, reason=stop.status, message=stop.reason)
+        finally:
+            signal.signal(signal.SIGTERM, previous_handler)
+        _close(ctx, plan, stop)
+
+
+def _start(run_id: str, settings: Settings, platform: PlatformConfig, backend: Backend, store: Store, quiet: bool) -> RunContext:
+    run_dir = settings.results_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _log_to(run_dir / "run.log")
+    store.mark_abandoned_runs()  # we hold the lock: any run still "running" was killed
+    runlog = RunLog(run_id, run_dir, store, platform)
+    backend.log_path = run_dir / "models.log"
+    backend.on_retry = lambda cause, message, attempt: runlog.event(Event.RETRY, cause=cause, attempt=attempt, message=message)
+    return RunContext(run_id, run_dir, settings, platform, backend, store, runlog, quiet=quiet)
+
+
+def _close(ctx: RunContext, plan: Plan, stop: Stop | None) -> None:
+    """Never leave a model resident; write the exports of what is done, whatever happened."""
+    try:
+        for info in ctx.backend.loaded():
+            ctx.backend.unload(info.name)
+    except RagsweepError as error:  # the backend itself is gone: nothing of ours is resident there to free
+        ctx.log.event(Event.CLEANUP_FAILED, message=str(error))
+    ctx.timings["model_call_s"] = ctx.model_call_s  # retrieval and generation only: the harness-overhead figure
+    answered, failed = ctx.store.answer_counts(ctx.run_id)
+    ctx.outcome = decide_outcome(stop, plan.samples, answered, failed, _problems(ctx))
+    ctx.store.finish_run(ctx.run_id, ctx.outcome.status, ctx.outcome.exit_code)  # before the exports: they show the status
+    ctx.summary = write_exports(ctx.store, ctx.run_id, ctx.run_dir, ctx.settings.baseline)
+    _write_run_json(ctx, plan)
+    ctx.log.close()
+
+
+def _problems(ctx: RunContext) -> list[str]:
+    """What makes a finished run exit 1, read from the store (so a re-opened run counts what it inherited)."""
+    events = ctx.store.events(ctx.run_id)
+    _, failed = ctx.store.answer_counts(ctx.run_id)
+    unjudged = sum(1 for j in ctx.store.judgements(ctx.run_id) if j["value"] is None)
+    problems = [f"{failed} samples failed"] if failed else []
+    problems += [f"{e['model']}: {e['stage']} failed" for e in events if e["event"] == Event.MODEL_FAILED and e["stage"] == "retrieve"]
+    problems += ["memory did not come back after an unload"] if any(e["event"] == Event.MEMORY_NOT_RELEASED for e in events) else []
+    return problems + ([f"{unjudged} judge cells failed (NaN)"] if unjudged else [])
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise Interrupted(128 + signum)
+
+
+def _log_to(path: Path) -> None:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("ragsweep")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+
+
+def _write_run_json(ctx: RunContext, plan: Plan) -> None:
+    outcome = ctx.outcome
+    record = {
+        "schema_version": RUN_JSON_SCHEMA_VERSION,
+        "events_schema_version": EVENTS_SCHEMA_VERSION,
+        "run_id": ctx.run_id,
+        "status": outcome.status,
+        "exit_code": outcome.exit_code,
+        "outcome": {"planned": outcome.planned, "answered": outcome.answered, "failed": outcome.failed, "reason": outcome.reason},
+        "config": ctx.settings.public_dict(),
+        "platform": ctx.platform.as_dict(),
+        "python": python_platform.python_version(),
+        "versions": ctx.backend.versions(),
+        "models": {
+            m.name: {"kind": m.kind, "digest": m.digest, "license": m.license, "size_bytes": m.size_bytes, "source": m.source}
+            for m in plan.retrievers + plan.llms
+        },
+        "plan": plan.as_dict(),
+        "timings": {k: round(v, 3) for k, v in ctx.timings.items()},
+    }
+    (ctx.run_dir / "run.json").write_text(json.dumps(record, indent=2), encoding="utf-8")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .events import EVENTS_SCHEMA_VERSION, Event
 from .memory import MemorySnapshot, monitor_gpu_memory
 from .platform import PlatformConfig
 from .store import Store
@@ -24,8 +25,16 @@ class RunLog:
         self._seq = 0
         self._events_file = (run_dir / "events.jsonl").open("a", encoding="utf-8")
 
-    def event(self, event: str, stage: str | None = None, model: str | None = None, **data: Any) -> None:
-        record = {"event": event, "stage": stage, "model": model, "t": round(time.time(), 3), **data}
+    def event(self, event: Event, stage: str | None = None, model: str | None = None, **data: Any) -> None:
+        """One line of events.jsonl and one row of the store (fields: ragsweep.events)."""
+        record = {
+            "schema_version": EVENTS_SCHEMA_VERSION,
+            "event": str(Event(event)),
+            "stage": stage,
+            "model": model,
+            "t": round(time.time(), 3),
+            **data,
+        }
         self._seq += 1
         self.store.add_event(self.run_id, self._seq, record)
         self._events_file.write(json.dumps(record) + "\n")

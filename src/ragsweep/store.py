@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Numbered migrations: MIGRATIONS[n] takes a database from version n to n + 1.
 MIGRATIONS: list[str] = [
@@ -63,9 +63,33 @@ MIGRATIONS: list[str] = [
         cost_usd REAL, PRIMARY KEY (run_id, embedding_model, llm, question_id, metric)
     );
     """,
+    # v3: judge repeats (--judge-repeats). Each cell may be judged several times, independently;
+    # the repeat index joins the key. Existing judgements become repeat 0.
+    """
+    CREATE TABLE judgements_v3 (
+        run_id TEXT, embedding_model TEXT, llm TEXT, question_id TEXT, metric TEXT, repeat INTEGER, value REAL,
+        cause TEXT, message TEXT, cached INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER,
+        cost_usd REAL, PRIMARY KEY (run_id, embedding_model, llm, question_id, metric, repeat)
+    );
+    INSERT INTO judgements_v3 SELECT run_id, embedding_model, llm, question_id, metric, 0, value, cause, message, cached,
+        prompt_tokens, completion_tokens, cost_usd FROM judgements;
+    DROP TABLE judgements;
+    ALTER TABLE judgements_v3 RENAME TO judgements;
+    """,
 ]
 
-ANSWER_COLUMNS = ["answer", "prompt_tokens", "completion_tokens", "latency_s", "tokens_per_s", "exact_match", "token_f1", "cached", "error", "cause"]
+ANSWER_COLUMNS = [
+    "answer",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_s",
+    "tokens_per_s",
+    "exact_match",
+    "token_f1",
+    "cached",
+    "error",
+    "cause",
+]
 
 
 class Store:
@@ -78,9 +102,6 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
         migrate(self.db)
 
-    def close(self) -> None:
-        self.db.close()
-
     # runs -------------------------------------------------------------------------------
     def start_run(self, run_id: str, config: dict[str, Any], plan: dict[str, Any], platform: dict[str, Any]) -> None:
         self.db.execute(
@@ -89,7 +110,9 @@ class Store:
         )
 
     def finish_run(self, run_id: str, status: str, exit_code: int) -> None:
-        self.db.execute("UPDATE runs SET finished_at = ?, status = ?, exit_code = ? WHERE run_id = ?", (time.time(), status, exit_code, run_id))
+        self.db.execute(
+            "UPDATE runs SET finished_at = ?, status = ?, exit_code = ? WHERE run_id = ?", (time.time(), status, exit_code, run_id)
+        )
 
     def mark_abandoned_runs(self) -> int:
         return self.db.execute("UPDATE runs SET status = 'crashed' WHERE status = 'running'").rowcount
@@ -117,7 +140,9 @@ class Store:
         for start in range(0, len(text_hashes), 500):  # stay under SQLite's variable limit
             chunk = text_hashes[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(f"SELECT text_hash, vector FROM embedding_cache WHERE model_digest = ? AND text_hash IN ({marks})", (digest, *chunk))
+            rows = self.db.execute(
+                f"SELECT text_hash, vector FROM embedding_cache WHERE model_digest = ? AND text_hash IN ({marks})", (digest, *chunk)
+            )
             found.update((row["text_hash"], np.frombuffer(row["vector"], dtype=np.float32)) for row in rows)
         return found
 
@@ -133,8 +158,13 @@ class Store:
         row = self.db.execute("SELECT text, prompt_tokens, completion_tokens, seconds FROM answer_cache WHERE key = ?", (key,)).fetchone()
         return dict(row) if row else None
 
-    def put_answer_cache(self, key: str, llm_digest: str, text: str, prompt_tokens: int | None, completion_tokens: int | None, seconds: float) -> None:
-        self.db.execute("INSERT OR REPLACE INTO answer_cache VALUES (?, ?, ?, ?, ?, ?, ?)", (key, llm_digest, text, prompt_tokens, completion_tokens, seconds, time.time()))
+    def put_answer_cache(
+        self, key: str, llm_digest: str, text: str, prompt_tokens: int | None, completion_tokens: int | None, seconds: float
+    ) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO answer_cache VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, llm_digest, text, prompt_tokens, completion_tokens, seconds, time.time()),
+        )
 
     def mean_answer_seconds(self, llm_digest: str) -> float | None:
         """How long this model's answers took on this machine before (for the plan's estimate)."""
@@ -151,15 +181,29 @@ class Store:
         return self.db.execute("SELECT COUNT(*) FROM embedding_cache WHERE model_digest = ?", (digest,)).fetchone()[0]
 
     # per-run rows -------------------------------------------------------------------------
-    def put_retrieval(self, run_id: str, embedding_model: str, question_id: str, retrieved_ids: list[str], contexts: list[str], scores: dict[str, float]) -> None:
+    def put_retrieval(
+        self, run_id: str, embedding_model: str, question_id: str, retrieved_ids: list[str], contexts: list[str], scores: dict[str, float]
+    ) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO retrievals VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, embedding_model, question_id, json.dumps(retrieved_ids), json.dumps(contexts), scores["recall_at_k"], scores["mrr"], scores["ndcg_at_k"]),
+            (
+                run_id,
+                embedding_model,
+                question_id,
+                json.dumps(retrieved_ids),
+                json.dumps(contexts),
+                scores["recall_at_k"],
+                scores["mrr"],
+                scores["ndcg_at_k"],
+            ),
         )
 
     def retrievals(self, run_id: str, embedding_model: str) -> dict[str, dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM retrievals WHERE run_id = ? AND embedding_model = ?", (run_id, embedding_model))
-        return {row["question_id"]: {**dict(row), "contexts": json.loads(row["contexts"]), "retrieved_ids": json.loads(row["retrieved_ids"])} for row in rows}
+        return {
+            row["question_id"]: {**dict(row), "contexts": json.loads(row["contexts"]), "retrieved_ids": json.loads(row["retrieved_ids"])}
+            for row in rows
+        }
 
     def put_answer(self, run_id: str, embedding_model: str, llm: str, question_id: str, values: dict[str, Any]) -> None:
         marks = ",".join("?" * (4 + len(ANSWER_COLUMNS)))
@@ -167,6 +211,11 @@ class Store:
             f"INSERT OR REPLACE INTO answers (run_id, embedding_model, llm, question_id, {', '.join(ANSWER_COLUMNS)}) VALUES ({marks})",
             (run_id, embedding_model, llm, question_id, *(values.get(column) for column in ANSWER_COLUMNS)),
         )
+
+    def answer_counts(self, run_id: str) -> tuple[int, int]:
+        """(answered, failed) samples of a run."""
+        row = self.db.execute("SELECT COUNT(*) - COUNT(error), COUNT(error) FROM answers WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0], row[1]
 
     def cached_judgement(self, key: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT value, prompt_tokens, completion_tokens, cost_usd FROM judge_cache WHERE key = ?", (key,)).fetchone()
@@ -179,14 +228,21 @@ class Store:
         )
 
     def put_judgement(self, run_id: str, embedding_model: str, llm: str, question_id: str, metric: str, values: dict[str, Any]) -> None:
-        columns = ["value", "cause", "message", "cached", "prompt_tokens", "completion_tokens", "cost_usd"]
+        """One judgement of one cell; values["repeat"] (default 0) is which of --judge-repeats it is."""
+        columns = ["repeat", "value", "cause", "message", "cached", "prompt_tokens", "completion_tokens", "cost_usd"]
         self.db.execute(
-            f"INSERT OR REPLACE INTO judgements (run_id, embedding_model, llm, question_id, metric, {', '.join(columns)}) VALUES ({','.join('?' * 12)})",
-            (run_id, embedding_model, llm, question_id, metric, *(values.get(c) for c in columns)),
+            f"INSERT OR REPLACE INTO judgements (run_id, embedding_model, llm, question_id, metric, {', '.join(columns)}) "
+            f"VALUES ({','.join('?' * 13)})",
+            (run_id, embedding_model, llm, question_id, metric, values.get("repeat", 0), *(values.get(c) for c in columns[1:])),
         )
 
     def judgements(self, run_id: str) -> list[dict[str, Any]]:
-        return [dict(row) for row in self.db.execute("SELECT * FROM judgements WHERE run_id = ? ORDER BY embedding_model, llm, question_id, metric", (run_id,))]
+        return [
+            dict(row)
+            for row in self.db.execute(
+                "SELECT * FROM judgements WHERE run_id = ? ORDER BY embedding_model, llm, question_id, metric, repeat", (run_id,)
+            )
+        ]
 
     def latest_run_id(self) -> str | None:
         row = self.db.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
@@ -236,7 +292,10 @@ def migrate(db: sqlite3.Connection) -> int:
     if start > SCHEMA_VERSION:
         from .errors import ConfigError
 
-        raise ConfigError(f"results database {db.execute('PRAGMA database_list').fetchone()[2]} has schema version {start}, newer than this ragsweep ({SCHEMA_VERSION}) — upgrade ragsweep or use another --results-dir")
+        raise ConfigError(
+            f"results database {db.execute('PRAGMA database_list').fetchone()[2]} has schema version {start}, newer than this "
+            f"ragsweep ({SCHEMA_VERSION}) — upgrade ragsweep or use another --results-dir"
+        )
     for version in range(start, SCHEMA_VERSION):
         db.executescript(f"BEGIN; {MIGRATIONS[version]}; INSERT OR REPLACE INTO meta VALUES ('schema_version', '{version + 1}'); COMMIT;")
     return start

@@ -1,20 +1,26 @@
-"""Backends: where models run. `get_backend` is the only door the stages use."""
+"""Backends: where models run. A backend is one module with one `Backend` subclass and one line in BACKENDS.
+
+The CLI's --backend choices, the config's validation and `get_backend` all read BACKENDS, so a
+new backend needs no other edit.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .base import Backend, Generation, GenerationOptions, LoadedInfo, LoadedModel, ModelInfo, Prompt
+from .local import LocalBackend
+from .ollama import OllamaBackend
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "ollama": OllamaBackend}
 
 
-def get_backend(name: str, device: str, ollama_host: str | None = None, request_timeout_s: float = 600.0, backend_retry_s: float = 120.0) -> Backend:
-    if name == "local":
-        from .local import LocalBackend
-
-        return LocalBackend(device=device, request_timeout_s=request_timeout_s)
-    if name == "ollama":
-        from .ollama import OllamaBackend
-
-        return OllamaBackend(host=ollama_host, request_timeout_s=request_timeout_s, down_retry_s=backend_retry_s)
-    raise ValueError(f"unknown backend {name!r}")
+def get_backend(settings: Settings, device: str) -> Backend:
+    """The backend the settings name, built with the run's timeouts and retry budget."""
+    return BACKENDS[settings.backend].from_settings(settings, device)
 
 
-__all__ = ["Backend", "Generation", "GenerationOptions", "LoadedInfo", "LoadedModel", "ModelInfo", "Prompt", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "Generation", "GenerationOptions", "LoadedInfo", "LoadedModel", "ModelInfo", "Prompt", "get_backend"]

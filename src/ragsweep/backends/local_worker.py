@@ -70,7 +70,9 @@ def _open_sentence_transformer(spec: dict[str, Any]) -> dict[str, Any]:
 
     def embed(payload: dict[str, Any]):
         start = time.perf_counter()
-        vectors = encoder.encode(payload["texts"], batch_size=payload["batch_size"], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        vectors = encoder.encode(
+            payload["texts"], batch_size=payload["batch_size"], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return vectors.astype("float32"), time.perf_counter() - start
 
     return {"embed": embed}
@@ -99,6 +101,11 @@ def _open_llama(spec: dict[str, Any]) -> dict[str, Any]:
             result = llm.create_completion(payload["completion"], **sampling)
             text = result["choices"][0]["text"]
         usage = result.get("usage") or {}
-        return {"text": text.strip(), "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"), "seconds": time.perf_counter() - start}
+        return {
+            "text": text.strip(),
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "seconds": time.perf_counter() - start,
+        }
 
     return {"generate": generate}

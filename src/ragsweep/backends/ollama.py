@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -22,9 +21,21 @@ from ..errors import BackendUnavailableError, ConfigError, ModelCallError, Model
 from .base import Backend, Generation, GenerationOptions, Kind, LoadedInfo, LoadedModel, ModelInfo, Prompt
 
 KEEP_ALIVE = "30m"  # resident through a stage (renewed by each request); freed by Ollama if we die
-OOM_MARKERS = ("out of memory", "out of device memory", "cudamalloc failed", "hipmalloc failed", "failed to allocate", "allocation failed",
-               "not enough memory", "insufficient memory", "vk_error_out_of_device_memory", "erroroutofmemory", "memory layout cannot be allocated",
-               "requires more system memory", "unable to load full model on gpu")  # fmt: skip
+OOM_MARKERS = (
+    "out of memory",
+    "out of device memory",
+    "cudamalloc failed",
+    "hipmalloc failed",
+    "failed to allocate",
+    "allocation failed",
+    "not enough memory",
+    "insufficient memory",
+    "vk_error_out_of_device_memory",
+    "erroroutofmemory",
+    "memory layout cannot be allocated",
+    "requires more system memory",
+    "unable to load full model on gpu",
+)
 TRANSIENT = {"busy", "connection", "runner_crash"}  # worth a retry with backoff
 
 
@@ -48,7 +59,11 @@ def classify(status: int, message: str) -> str:
         return "out_of_memory"
     if status == 503:
         return "busy"
-    if "unexpectedly stopped" in lowered or "process has terminated" in lowered or "error was encountered while running the model" in lowered:
+    if (
+        "unexpectedly stopped" in lowered
+        or "process has terminated" in lowered
+        or "error was encountered while running the model" in lowered
+    ):
         return "runner_crash"
     return "error"
 
@@ -61,20 +76,26 @@ class OllamaBackend(Backend):
     name = "ollama"
     runs_locally = False
 
-    def __init__(self, host: str, request_timeout_s: float = 600.0, retries: int = 3, down_retry_s: float = 120.0):
+    def __init__(self, host: str, request_timeout_s: float, down_retry_s: float, retries: int = 3):
         self.host = normalize_host(host)
         self.client = httpx.Client(base_url=self.host, timeout=httpx.Timeout(request_timeout_s, connect=5.0))
         self.retries = retries  # attempts for a busy server or a crashed runner
         self.down_retry_s = down_retry_s  # how long a server that stopped answering is retried
-        self.on_retry: Callable[[str, str, int], None] = lambda cause, message, attempt: None  # the run logs retries
         self._version: str | None = None
         self._tags: dict[str, dict[str, Any]] | None = None
+
+    @classmethod
+    def from_settings(cls, settings, device: str) -> OllamaBackend:
+        return cls(settings.ollama_host, request_timeout_s=settings.watchdog_s, down_retry_s=settings.backend_retry_s)
 
     def check(self) -> None:
         try:
             self._version = self.client.get("/api/version", timeout=5.0).raise_for_status().json()["version"]
         except (httpx.HTTPError, ValueError, KeyError) as error:
-            raise BackendUnavailableError(f"Ollama is not reachable at {self.host} ({type(error).__name__}: {error}) — start it with `ollama serve`, or pass --ollama-host / set OLLAMA_HOST") from None
+            raise BackendUnavailableError(
+                f"Ollama is not reachable at {self.host} ({type(error).__name__}: {error}) — start it with `ollama serve`, or "
+                "pass --ollama-host / set OLLAMA_HOST"
+            ) from None
 
     def describe(self, name: str, kind: Kind) -> ModelInfo:
         tag = name if ":" in name else f"{name}:latest"
@@ -87,14 +108,18 @@ class OllamaBackend(Backend):
         capabilities = show.get("capabilities") or []
         is_embedding = "embedding" in capabilities
         if kind == "embedding" and not is_embedding:
-            raise ConfigError(f"--embeddings: '{name}' is not an embedding model (capabilities: {', '.join(capabilities) or 'none'}) — move it to --llms")
+            raise ConfigError(
+                f"--embeddings: '{name}' is not an embedding model (capabilities: {', '.join(capabilities) or 'none'}) — move it to --llms"
+            )
         if kind == "llm" and is_embedding:
             raise ConfigError(f"--llms: '{name}' is an embedding model — move it to --embeddings")
         entry = tags[tag]
         license_line = (show.get("license") or "").strip().splitlines()
         blocks = next((v for k, v in (show.get("model_info") or {}).items() if k.endswith(".block_count")), None)
         details = {**(entry.get("details") or {}), "block_count": blocks}
-        return ModelInfo(name, kind, entry["digest"], license_line[0][:80] if license_line else None, entry.get("size"), f"{self.host} {tag}", details)
+        return ModelInfo(
+            name, kind, entry["digest"], license_line[0][:80] if license_line else None, entry.get("size"), f"{self.host} {tag}", details
+        )
 
     def load(self, info: ModelInfo, options: GenerationOptions | None = None) -> LoadedModel:
         return OllamaModel(self, info, options)
@@ -129,11 +154,19 @@ class OllamaBackend(Backend):
             self.on_retry(error.cause, str(error), state.attempt_number)
 
         try:
-            return retry(retry=retry_if_exception(_is_transient), stop=give_up, wait=wait_exponential_jitter(multiplier=0.5, max=8.0),
-                         before_sleep=log, reraise=True)(self._request_once)(path, body, method)  # fmt: skip
+            return retry(
+                retry=retry_if_exception(_is_transient),
+                stop=give_up,
+                wait=wait_exponential_jitter(multiplier=0.5, max=8.0),
+                before_sleep=log,
+                reraise=True,
+            )(self._request_once)(path, body, method)
         except ModelCallError as error:
             if error.cause == "connection":
-                raise BackendUnavailableError(f"Ollama at {self.host} stopped answering ({error}); retried for {self.down_retry_s:.0f} s — finished work is saved: start Ollama and run the same command again") from None
+                raise BackendUnavailableError(
+                    f"Ollama at {self.host} stopped answering ({error}); retried for {self.down_retry_s:.0f} s — finished work "
+                    "is saved: start Ollama and run the same command again"
+                ) from None
             raise
 
     def _request_once(self, path: str, body: dict[str, Any] | None, method: str) -> dict[str, Any]:
@@ -162,14 +195,26 @@ class OllamaModel(LoadedModel):
         self._backend = backend
         self.tag = info.name if ":" in info.name else f"{info.name}:latest"
         # The same options on every request: a change of num_ctx & co would reload the model.
-        self.options = {} if options is None else {"num_ctx": options.num_ctx, "num_predict": options.max_tokens, "temperature": options.temperature, "seed": options.seed, "stop": list(options.stop)}
+        self.options = (
+            {}
+            if options is None
+            else {
+                "num_ctx": options.num_ctx,
+                "num_predict": options.max_tokens,
+                "temperature": options.temperature,
+                "seed": options.seed,
+                "stop": list(options.stop),
+            }
+        )
         if options is not None and options.num_gpu is not None:
             self.options["num_gpu"] = options.num_gpu
         start = time.perf_counter()
         if info.kind == "embedding":
             reply = backend.request("/api/embed", {"model": self.tag, "input": [], "keep_alive": KEEP_ALIVE})
         else:
-            reply = backend.request("/api/chat", {"model": self.tag, "messages": [], "keep_alive": KEEP_ALIVE, "options": self.options, "stream": False})
+            reply = backend.request(
+                "/api/chat", {"model": self.tag, "messages": [], "keep_alive": KEEP_ALIVE, "options": self.options, "stream": False}
+            )
         self.load_seconds = reply.get("load_duration", 0) / 1e9 or time.perf_counter() - start
 
     def embed(self, texts: list[str]) -> tuple[np.ndarray, float]:
@@ -179,7 +224,10 @@ class OllamaModel(LoadedModel):
 
     def generate(self, prompt: Prompt) -> Generation:
         start = time.perf_counter()
-        reply = self._backend.request("/api/chat", {"model": self.tag, "messages": list(prompt.messages), "stream": False, "keep_alive": KEEP_ALIVE, "options": self.options})
+        reply = self._backend.request(
+            "/api/chat",
+            {"model": self.tag, "messages": list(prompt.messages), "stream": False, "keep_alive": KEEP_ALIVE, "options": self.options},
+        )
         seconds = reply.get("total_duration", 0) / 1e9 or time.perf_counter() - start
         return Generation(reply["message"]["content"].strip(), reply.get("prompt_eval_count"), reply.get("eval_count"), seconds)
 
@@ -189,7 +237,7 @@ class OllamaModel(LoadedModel):
 
 def _expired(expires_at: str | None) -> bool:
     try:
-        return datetime.fromisoformat(expires_at) <= datetime.now(timezone.utc)
+        return datetime.fromisoformat(expires_at) <= datetime.now(UTC)
     except (TypeError, ValueError):
         return False
 

@@ -1,0 +1,57 @@
+"""The command line: `benchmark.py [flags]` runs a sweep, `benchmark.py report …` rebuilds reports from the store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .backends import BACKENDS
+from .config import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="benchmark.py", description="Benchmark every embedding model × every LLM over a QA test set, memory under control."
+    )
+    p.add_argument("--config", type=Path, help="YAML settings file (default: configs/demo.yaml)")
+    p.add_argument("--backend", choices=list(BACKENDS))
+    p.add_argument("--llms", help="comma-separated LLM names")
+    p.add_argument("--embeddings", help="comma-separated embedding model names (bm25 = lexical)")
+    p.add_argument("--corpus", help="corpus file (.jsonl, .csv, .parquet)")
+    p.add_argument("--testset", help="test-set file (.jsonl, .csv, .parquet)")
+    p.add_argument("--limit", type=int, help="use the first N questions")
+    p.add_argument("--top-k", type=int, help="passages retrieved per question")
+    p.add_argument("--judge", help="'none' or a LiteLLM model: gpt-4o-mini, ollama_chat/NAME, openai/NAME (with --judge-base-url)")
+    p.add_argument("--judge-base-url", help="OpenAI-compatible server for openai/NAME judges (Ollama host for ollama_chat/)")
+    p.add_argument("--judge-embeddings", help="LiteLLM embedding model for answer_relevancy")
+    p.add_argument("--judge-concurrency", type=int, help="judge calls in flight, at most")
+    p.add_argument("--judge-repeats", type=int, help="judge each cell N times to measure the judge's noise (default 1)")
+    p.add_argument("--max-judge-cost", type=float, help="USD: stop judging cleanly when reached")
+    p.add_argument("--retry-failed", action="store_true", help="re-judge only the failed cells of the latest run")
+    p.add_argument("--results-dir", help="where runs and the results database go")
+    p.add_argument("--ollama-host", help="Ollama server URL (default: OLLAMA_HOST or http://localhost:11434)")
+    p.add_argument(
+        "--request-timeout", dest="request_timeout_s", type=float, help="watchdog per model call, seconds (default 120 + 2 per max token)"
+    )
+    p.add_argument("--max-failures", type=float, help="stop after N failed samples (or a share, e.g. 0.2)")
+    p.add_argument("--fresh", action="store_true", default=None, help="ignore cached embeddings and answers")
+    p.add_argument("--baseline", help="an earlier run id: report.html compares against it")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--quiet", action="store_true", help="print only the final summary line")
+    return p
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark.py report", description="Rebuild a run's reports from the store (no models needed).")
+    p.add_argument("run_id", nargs="?", help="the run (default: the latest)")
+    p.add_argument("--compare", nargs=2, metavar=("BASELINE", "RUN"), help="report RUN with per-metric deltas against BASELINE")
+    p.add_argument("--baseline", help="compare against this earlier run")
+    p.add_argument("--config", type=Path, help="YAML settings file (for results_dir)")
+    p.add_argument("--results-dir", help="where runs and the results database are")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that are settings (None where not given, so lower layers show through)."""
+    return {key: getattr(args, key) for key in Settings.model_fields if hasattr(args, key)}

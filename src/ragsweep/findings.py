@@ -1,0 +1,228 @@
+"""What a run found, read from the store only: the data model every report (screen, report.md, report.html) renders.
+
+Nothing here loads a model, so a report can be rebuilt at any time with `benchmark.py report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import stats
+from .comparisons import compare_to_best, diagnose
+from .events import Event
+from .fmt import gb, is_nan
+from .memory import bytes_in_use
+from .metrics import ANSWER_METRICS, JUDGE_METRICS, RETRIEVAL_METRICS
+from .store import Store
+
+MEAN_COLUMNS = [*RETRIEVAL_METRICS, *ANSWER_METRICS, *JUDGE_METRICS, "latency_s", "tokens_per_s"]
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    run: dict[str, Any]
+    samples: list[dict[str, Any]]
+    summary: list[dict[str, Any]]
+    snapshots: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    judgements: list[dict[str, Any]]  # one row per judgement (several per cell with --judge-repeats)
+    repeats: dict[tuple, list[float]] = field(default_factory=dict)  # (retriever, llm, question, metric) -> value per repeat
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # every combination against the best, per metric (comparisons.csv)
+    diagnosis: list[dict[str, Any]] = field(default_factory=list)  # closed book → retriever → oracle, per LLM
+
+    @property
+    def judge_repeats(self) -> int:
+        return max((len(values) for values in self.repeats.values()), default=0)
+
+    @property
+    def judged(self) -> bool:
+        return bool(self.judgements)
+
+    @property
+    def judge_errors(self) -> list[dict[str, Any]]:
+        return [j for j in self.judgements if j["value"] is None]
+
+    @property
+    def notes(self) -> list[str]:
+        return [e["message"] for e in self.events if e["event"] == Event.NOTE]
+
+
+def load_report(store: Store, run_id: str) -> RunReport:
+    samples = store.samples(run_id)
+    judgements = store.judgements(run_id)
+    repeats: dict[tuple, list[float]] = defaultdict(list)  # (retriever, llm, question, metric) -> one value per repeat (NaN: failed)
+    for j in judgements:
+        repeats[(j["embedding_model"], j["llm"], j["question_id"], j["metric"])].append(math.nan if j["value"] is None else j["value"])
+    for row in samples:
+        row["retrieved_ids"] = "|".join(json.loads(row["retrieved_ids"])) if row["retrieved_ids"] else ""
+        for metric in JUDGE_METRICS:  # the mean over repeats; None: never judged (no answer, or a closed-book context metric)
+            values = repeats.get((row["embedding_model"], row["llm"], row["question_id"], metric))
+            row[metric] = None if values is None else _nanmean(values)
+    summary = summarize(samples, repeats)
+    return RunReport(
+        run_id,
+        store.run(run_id) or {},
+        samples,
+        summary,
+        store.snapshots(run_id),
+        store.events(run_id),
+        judgements,
+        repeats,
+        compare_to_best(samples),
+        diagnose(samples),
+    )
+
+
+def summarize(samples: list[dict[str, Any]], repeats: dict[tuple, list[float]] | None = None) -> list[dict[str, Any]]:
+    """Per (embedding model, LLM): counts, and each metric's mean with a 95 % bootstrap interval over questions.
+
+    Retrieval metrics count every question; the others only answered ones. NaN cells are left out
+    and `<metric>_n` says how many questions were used. With judge repeats, judge metrics get a
+    two-level interval (questions, then repeats), so the judge's own noise widens it.
+    """
+    repeats = repeats or {}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in samples:
+        groups[(row["embedding_model"], row["llm"])].append(row)
+    counts: dict[int, np.ndarray] = {}  # the same resamples for every group of the same size
+    summary = []
+    for (embedding_model, llm), rows in sorted(groups.items()):
+        answered = [r for r in rows if not r["error"]]
+        entry = {
+            "embedding_model": embedding_model,
+            "llm": llm,
+            "samples": len(rows),
+            "answered": len(answered),
+            "failed": len(rows) - len(answered),
+        }
+        matrix = np.array([[_number(r[c]) if (c in RETRIEVAL_METRICS or not r["error"]) else math.nan for c in MEAN_COLUMNS] for r in rows])
+        if len(rows) not in counts:
+            counts[len(rows)] = stats.resample_counts(len(rows))
+        for column, interval in zip(MEAN_COLUMNS, stats.intervals(matrix, counts[len(rows)]), strict=True):
+            cells = _repeat_matrix(repeats, embedding_model, llm, answered, column)
+            if cells is not None:
+                interval = stats.two_level_interval(cells)
+            entry.update(
+                {column: interval.mean, f"{column}_ci_low": interval.low, f"{column}_ci_high": interval.high, f"{column}_n": interval.n}
+            )
+        for metric in JUDGE_METRICS:  # share of judged cells that got no score
+            judged = [r[metric] for r in answered if r[metric] is not None]
+            entry[f"{metric}_nan_rate"] = sum(1 for v in judged if is_nan(v)) / len(judged) if judged else math.nan
+        summary.append(entry)
+    return summary
+
+
+def _repeat_matrix(repeats: dict, embedding_model: str, llm: str, answered: list[dict], metric: str) -> np.ndarray | None:
+    """questions × repeats of one judge metric, when the cells were judged more than once; else None."""
+    if metric not in JUDGE_METRICS:
+        return None
+    rows = [repeats[key] for r in answered if (key := (embedding_model, llm, r["question_id"], metric)) in repeats]
+    width = max((len(values) for values in rows), default=0)
+    if width < 2:
+        return None
+    return np.array([values + [math.nan] * (width - len(values)) for values in rows])
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _nanmean(values: list[float]) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    return sum(known) / len(known) if known else math.nan
+
+
+def memory_findings(report: RunReport) -> dict[str, Any]:
+    """Peaks per stage, the level after each unload, load times, and the seed's targets checked."""
+    platform = report.run.get("platform") or {}
+    peaks: dict[str, int] = {}
+    for row in report.snapshots:
+        peaks[row["stage"]] = max(peaks.get(row["stage"], 0), bytes_in_use(row))
+    baselines = [(row["stage"], row["model"], bytes_in_use(row)) for row in report.snapshots if row["label"] == "after_unload"]
+    loads = [(e["stage"], e["model"], e.get("load_s")) for e in report.events if e["event"] == Event.MODEL_LOAD]
+    ooms = [e for e in report.events if e.get("cause") == "out_of_memory"]
+    failed = sum(row["failed"] for row in report.summary)
+    threshold = platform.get("pressure_threshold_bytes")
+    target = platform.get("baseline_target_bytes")
+    peak = max(peaks.values(), default=0)
+    targets = [
+        ("no out-of-memory error", not ooms, f"{len(ooms)} out-of-memory events"),
+        (f"peak < {gb(threshold)} GB", threshold is None or peak < threshold, f"peak {gb(peak)} GB"),
+        (
+            f"baseline < {gb(target)} GB after every unload",
+            target is None or all(b < target for _, _, b in baselines),
+            f"highest {gb(max((b for _, _, b in baselines), default=0))} GB",
+        ),
+        (
+            "every combination completed",
+            failed == 0 and not any(e["event"] == Event.MODEL_FAILED for e in report.events),
+            f"{failed} failed samples",
+        ),
+    ]
+    source = (
+        "device memory (NVML)"
+        if any(row.get("device_used_bytes") is not None for row in report.snapshots)
+        else "resident memory of the model processes (no GPU)"
+    )
+    return {"peaks": peaks, "baselines": baselines, "loads": loads, "targets": targets, "source": source}
+
+
+def judge_usage(report: RunReport) -> list[dict[str, Any]]:
+    """Per metric: cells, failures, calls' tokens and cost (what this run paid, cached cells are free)."""
+    rows = []
+    for metric in JUDGE_METRICS:
+        cells = [j for j in report.judgements if j["metric"] == metric]
+        costs = [j["cost_usd"] for j in cells if j["cost_usd"] is not None and not j["cached"]]
+        rows.append(
+            {
+                "metric": metric,
+                "cells": len(cells),
+                "nan": sum(1 for j in cells if j["value"] is None),
+                "cached": sum(1 for j in cells if j["cached"]),
+                "prompt_tokens": sum(j["prompt_tokens"] or 0 for j in cells if not j["cached"]),
+                "completion_tokens": sum(j["completion_tokens"] or 0 for j in cells if not j["cached"]),
+                "cost_usd": sum(costs) if costs else None,
+            }
+        )
+    return rows
+
+
+FAULT_EVENTS = {
+    Event.RETRY,
+    Event.RECOVERING,
+    Event.OUT_OF_MEMORY,
+    Event.MEMORY_PRESSURE,
+    Event.MEMORY_NOT_RELEASED,
+    Event.MODEL_FAILED,
+    Event.RUN_STOPPED,
+    Event.JUDGE_COST_CAP,
+}
+
+
+def fault_lines(report: RunReport) -> list[str]:
+    """One line per fault event and per recovery, in order (events.jsonl has the details)."""
+    lines = []
+    for e in report.events:
+        place = " ".join(part for part in (e.get("stage"), e.get("model")) if part)
+        where = f"{place}: " if place else ""  # a retry of a server-wide call has no stage or model
+        if e["event"] == Event.MODEL_LOAD and e.get("recovered_by"):
+            lines.append(f"{where}loaded {e['recovered_by']} (num_ctx {e.get('num_ctx')}, num_gpu {e.get('num_gpu')})")
+        elif e["event"] == Event.MEMORY_PRESSURE:
+            change = (
+                f"batch {e['batch_size']} → {e['new_batch_size']}"
+                if "batch_size" in e
+                else f"judge concurrency {e['judge_concurrency']} → {e['new_judge_concurrency']}"
+            )
+            lines.append(f"{where}memory pressure ({gb(e['used_bytes'])} GB in use): other models unloaded, {change}")
+        elif e["event"] in FAULT_EVENTS:
+            detail = e.get("message") or e.get("cause") or ""
+            step = f" [{e['step']}]" if e.get("step") else f" [attempt {e['attempt']}]" if e.get("attempt") else ""
+            lines.append(f"{where}{e['event'].replace('_', ' ')}{step}: {str(detail)[:200]}".removesuffix(": "))
+    return lines

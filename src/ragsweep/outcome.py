@@ -1,0 +1,71 @@
+"""How a run ended: one status, one exit code and one closing line, decided in one place.
+
+A run either stopped early (a `Stop`: Ctrl-C, SIGTERM, the backend gone, the failure budget
+spent) or went to its end, with or without problems found in the store afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import errors
+
+
+class Interrupted(Exception):
+    """SIGTERM, raised in the main thread so the run closes like on Ctrl-C."""
+
+    def __init__(self, exit_code: int):
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a run ended before its last stage."""
+
+    status: str  # as stored and printed: interrupted | stopped: backend unreachable | stopped: failure budget
+    exit_code: int
+    reason: str
+
+
+def stop_from(error: BaseException) -> Stop:
+    """The Stop for one of the exceptions `open_run` ends a run on."""
+    if isinstance(error, Interrupted):
+        return Stop("interrupted", error.exit_code, "SIGTERM: the remaining work was not done")
+    if isinstance(error, KeyboardInterrupt):
+        return Stop("interrupted", errors.EXIT_SIGINT, "Ctrl-C (SIGINT): the remaining work was not done")
+    if isinstance(error, errors.BackendUnavailableError):
+        return Stop("stopped: backend unreachable", error.exit_code, str(error))
+    if isinstance(error, errors.FailureBudgetExceededError):
+        return Stop("stopped: failure budget", error.exit_code, str(error))
+    raise TypeError(f"not a run-stopping error: {error!r}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What run.json, the store and the closing line say about how a run ended."""
+
+    status: str  # done | finished with failures | one of Stop's statuses
+    exit_code: int  # 0 done, 1 failures, 3 backend unreachable, 130/143 interrupted
+    planned: int  # samples the plan asked for
+    answered: int  # samples with an answer
+    failed: int  # samples that got an error instead
+    reason: str | None  # what stopped the run or what failed, in words
+
+    @property
+    def resumable(self) -> bool:
+        return self.status == "interrupted" or self.status.startswith("stopped")
+
+    def line(self, run_id: str, wall_s: float, run_dir: Path) -> str:
+        """The one line cron mails: status, answered of planned, where the results are, what to do next."""
+        line = f"ragsweep {run_id}: {self.status}; {self.answered}/{self.planned} samples answered in {wall_s:.0f} s; results in {run_dir}"
+        return line + (" — run the same command again to resume (finished work is reused)" if self.resumable else "")
+
+
+def decide_outcome(stop: Stop | None, planned: int, answered: int, failed: int, problems: list[str]) -> Outcome:
+    """A stop wins; else any problem (failed samples, a skipped model, unreleased memory, unjudged cells) is exit 1."""
+    if stop is not None:
+        return Outcome(stop.status, stop.exit_code, planned, answered, failed, stop.reason)
+    if problems:
+        return Outcome("finished with failures", errors.EXIT_FAILURES, planned, answered, failed, "; ".join(problems))
+    return Outcome("done", errors.EXIT_OK, planned, answered, failed, None)

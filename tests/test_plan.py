@@ -1,0 +1,57 @@
+"""The plan: every model resolved before any work, E + L loads, what is cached, the fit, the judge's calls."""
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from ragsweep.backends.ollama import OllamaBackend
+from ragsweep.errors import ModelNotFoundError
+from ragsweep.judge_client import JudgeSpec
+from ragsweep.plan import make_plan, print_plan
+from ragsweep.platform import PlatformConfig
+from ragsweep.store import Store
+
+GB = 10**9
+
+
+@pytest.fixture
+def backend(emulator):
+    return OllamaBackend(emulator.url, request_timeout_s=30, down_retry_s=5)
+
+
+def test_a_plan_counts_each_model_once_and_knows_the_cache(backend, tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    digest = backend.describe("nomic-embed-text", "embedding").digest
+    store.put_embeddings(digest, [(f"h{i}", np.ones(4, dtype=np.float32)) for i in range(7)])
+    plan = make_plan(backend, store, ["nomic-embed-text", "bm25"], ["llama3.2:3b", "qwen2.5:7b", "mistral:7b"], questions=10, chunks=50)
+    assert (plan.samples, plan.model_loads) == (2 * 3 * 10, 2 + 3)
+    assert plan.cached_embeddings == {"nomic-embed-text": 7, "bm25": 0}
+    assert plan.expected_bytes["qwen2.5:7b"] > plan.expected_bytes["llama3.2:3b"] > 0  # from the sizes Ollama reports
+    assert "bm25" not in plan.expected_bytes  # lexical: nothing to load
+
+
+def test_judge_calls_are_six_plus_k_per_sample(backend, tmp_path):
+    spec = JudgeSpec(
+        "openai/x", "openai/e", "http://127.0.0.1:1/v1", concurrency=2, timeout_s=1, retries=0, parse_retries=0, max_tokens=2048
+    )
+    plan = make_plan(backend, Store(tmp_path / "db.sqlite"), ["bm25"], ["llama3.2:3b"], questions=4, chunks=9, judge=spec, top_k=5)
+    assert plan.judge_calls == 4 * (6 + 5) and plan.judge_cost_usd() is None  # a local server has no price
+
+
+def test_an_unknown_model_fails_the_plan_before_any_work(backend, tmp_path, emulator):
+    with pytest.raises(ModelNotFoundError, match="ollama pull llama9"):
+        make_plan(backend, Store(tmp_path / "db.sqlite"), ["bm25"], ["llama9"], questions=1, chunks=1)
+    assert sum(emulator.state.loads.values()) == 0
+
+
+def test_print_plan_says_when_a_model_will_not_fit(backend, tmp_path):
+    plan = make_plan(backend, Store(tmp_path / "db.sqlite"), ["bm25"], ["llama3.2:3b", "qwen2.5:7b"], questions=3, chunks=9)
+    small = PlatformConfig(
+        "cuda", "6 GB card", 6 * GB, 64, 2, pressure_threshold_bytes=5 * GB, baseline_target_bytes=1 * GB, unload_timeout_s=5
+    )
+    console = Console(record=True, width=400)
+    print_plan(plan, small, console)
+    text = console.export_text()
+    lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 3}
+    assert "yes (~" in lines["llama3.2:3b"] and "NO (~" in lines["qwen2.5:7b"]
+    assert "model loads: 3 (E + L)" in text

@@ -1,0 +1,65 @@
+"""The report stage straight from a store: summary means, the judge section, faults, and the files."""
+
+import csv
+import math
+
+import pytest
+
+from ragsweep.events import Event
+from ragsweep.findings import fault_lines, load_report
+from ragsweep.platform import get_platform_config
+from ragsweep.report import render_markdown, write_exports
+from ragsweep.runlog import RunLog
+from ragsweep.store import Store
+from ragsweep.testset import Question
+
+
+@pytest.fixture
+def store(tmp_path):
+    """One run: 2 questions × 1 retriever × 2 LLMs; one answer failed, one judge cell NaN, a retry and a note."""
+    store = Store(tmp_path / "db.sqlite")
+    store.start_run("r1", {"backend": "ollama"}, {"judge": "openai/judge"}, {"device": "cpu"})
+    store.add_questions("r1", [Question("q1", "Capital of France?", "Paris", ("d1",)), Question("q2", "Cats hunt?", "mice", ("d2",))])
+    for qid, hit in (("q1", 1.0), ("q2", 0.0)):
+        store.put_retrieval("r1", "bm25", qid, ["d1"], ["Paris is ..."], {"recall_at_k": hit, "mrr": hit, "ndcg_at_k": hit})
+    store.put_answer("r1", "bm25", "a", "q1", {"answer": "Paris", "exact_match": 1.0, "token_f1": 1.0, "latency_s": 1.0})
+    store.put_answer("r1", "bm25", "a", "q2", {"answer": "dogs", "exact_match": 0.0, "token_f1": 0.0, "latency_s": 3.0})
+    store.put_answer("r1", "bm25", "b", "q1", {"answer": "Paris", "exact_match": 1.0, "token_f1": 1.0, "latency_s": 2.0})
+    store.put_answer("r1", "bm25", "b", "q2", {"error": "runner crashed", "cause": "runner_crash"})
+    store.put_judgement("r1", "bm25", "a", "q1", "faithfulness", {"value": 0.5})
+    store.put_judgement("r1", "bm25", "a", "q2", "faithfulness", {"value": None, "cause": "timeout", "message": "no answer"})
+    log = RunLog("r1", tmp_path, store, get_platform_config())
+    log.event(Event.RETRY, cause="busy", attempt=1, message="server busy")
+    log.event(Event.NOTE, "generate", message="b: 1 answers failed")
+    log.close()
+    return store
+
+
+def test_summary_means_leave_out_failed_answers_but_not_their_retrieval(store):
+    rows = {row["llm"]: row for row in load_report(store, "r1").summary}
+    assert (rows["a"]["answered"], rows["b"]["answered"], rows["b"]["failed"]) == (2, 1, 1)
+    assert rows["a"]["token_f1"] == 0.5 and rows["b"]["token_f1"] == 1.0  # b's failed sample is not a zero
+    assert rows["b"]["recall_at_k"] == 0.5  # retrieval happened for both of b's questions
+    assert rows["a"]["latency_s"] == 2.0
+    assert rows["a"]["faithfulness"] == 0.5 and rows["a"]["faithfulness_nan_rate"] == 0.5
+    assert math.isnan(rows["b"]["faithfulness"])
+
+
+def test_markdown_has_the_judge_faults_and_notes(store):
+    text = render_markdown(load_report(store, "r1"))
+    assert "## Judge (openai/judge)" in text and "Failed cells by cause: timeout 1" in text
+    assert "- retry [attempt 1]: server busy" in text  # no empty stage in front: "- : retry"
+    assert "- b: 1 answers failed" in text
+
+
+def test_fault_lines_name_stage_and_model_only_when_known(store):
+    assert fault_lines(load_report(store, "r1")) == ["retry [attempt 1]: server busy"]
+
+
+def test_exports_are_written_from_the_store_alone(store, tmp_path):
+    out = tmp_path / "r1"
+    summary = write_exports(store, "r1", out)
+    assert {p.name for p in out.iterdir()} >= {"samples.csv", "summary.csv", "memory.csv", "judge_errors.csv", "report.md", "report.html"}
+    samples = list(csv.DictReader((out / "samples.csv").open()))
+    assert len(samples) == 4 and [s["cause"] for s in samples if s["error"]] == ["runner_crash"]
+    assert [row["llm"] for row in summary] == ["a", "b"]
