@@ -17,37 +17,40 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import argparse
 import sys
 
-from dotenv import load_dotenv
 from rich.console import Console
 
 from ragsweep import cli, errors
 from ragsweep.backends import get_backend
-from ragsweep.config import Settings, load_settings
+from ragsweep.config import Settings, load_env_file, load_settings
 from ragsweep.errors import RagsweepError
 from ragsweep.generation import generate
-from ragsweep.judge import judge, no_judge_hint, require_judge_packages, resolve_judge
+from ragsweep.judge import judge, no_judge_hint, require_judge_packages, require_same_judge, resolve_judge
 from ragsweep.lifecycle import clean_state
+from ragsweep.lock import results_lock
 from ragsweep.plan import Plan, make_plan, print_plan, print_settings
 from ragsweep.platform import get_platform_config
+from ragsweep.redact import redact
 from ragsweep.report import print_outcome, write_exports
 from ragsweep.retrieval import chunk_documents, retrieve_all
 from ragsweep.run import open_run
 from ragsweep.store import Store
+from ragsweep.terminal import make_output_safe
 from ragsweep.testset import load_corpus, load_questions
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    make_output_safe()  # cron's POSIX locale: ASCII look-alikes instead of a UnicodeEncodeError
     try:
         if argv[:1] == ["report"]:
             return report_command(cli.build_report_parser().parse_args(argv[1:]))
         args = cli.build_parser().parse_args(argv)
-        load_dotenv()  # .env in the working directory; real environment variables win
+        load_env_file()  # .env in the working directory; real environment variables win
         settings = load_settings(args.config, cli.settings_from(args))
         out = Console(quiet=args.quiet, width=None if sys.stdout.isatty() else 200)  # cron logs: no wrapping
         return sweep(settings, args, out)
     except RagsweepError as error:
-        print(f"ragsweep: error: {error}", file=sys.stderr)
+        print(f"ragsweep: error: {redact(str(error))}", file=sys.stderr)
         return error.exit_code
 
 
@@ -100,7 +103,9 @@ def retry_failed(settings: Settings, platform, backend, store: Store, judge_spec
         raise errors.ConfigError(f"--retry-failed: no run in {settings.results_dir} yet")
     if judge_spec is None:
         raise errors.ConfigError(f"--retry-failed needs a judge — {no_judge_hint(settings)}")
-    plan = Plan.from_dict(store.run(run_id)["plan"], judge_spec)
+    stored = store.run(run_id)["plan"]
+    require_same_judge(run_id, stored, judge_spec)
+    plan = Plan.from_dict(stored, judge_spec)
     with open_run(settings, platform, backend, store, plan, quiet=out.quiet, run_id=run_id) as run:
         with run.timed("judge_s"):
             judge(run, judge_spec, only_failed=True)
@@ -111,14 +116,15 @@ def retry_failed(settings: Settings, platform, backend, store: Store, judge_spec
 def report_command(args: argparse.Namespace) -> int:
     """`benchmark.py report [RUN_ID] [--baseline B] | --compare A B`: the exports again, from the store alone."""
     settings = load_settings(args.config, {"results_dir": args.results_dir})
-    store = Store(settings.results_dir / "ragsweep.sqlite")
+    store = Store(settings.results_dir / "ragsweep.sqlite", create=False)  # reading never creates a database
     baseline, run_id = args.compare if args.compare else (args.baseline, args.run_id or store.latest_run_id())
     if run_id is None:
         raise errors.ConfigError(f"no run in {store.path} yet")
     for wanted in filter(None, (run_id, baseline)):
         if store.run(wanted) is None:
             raise errors.ConfigError(f"no run {wanted!r} in {store.path} (latest: {store.latest_run_id()})")
-    write_exports(store, run_id, settings.results_dir / run_id, baseline)
+    with results_lock(settings.results_dir, f"report {run_id}"):  # a live run's exports are its own to write
+        write_exports(store, run_id, settings.results_dir / run_id, baseline)
     print(f"reports for {run_id} rewritten in {settings.results_dir / run_id} (report.md, report.html)")
     return errors.EXIT_OK
 

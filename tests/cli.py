@@ -20,6 +20,11 @@ def ollama_flags(emulator) -> list[str]:
     return ["--backend", "ollama", "--ollama-host", emulator.url]
 
 
+def matrix(llms: str, embeddings: str, limit: int | str) -> list[str]:
+    """--llms, --embeddings and --limit: the sweep a test runs."""
+    return ["--llms", llms, "--embeddings", embeddings, "--limit", str(limit)]
+
+
 def command(*args: str) -> list[str]:
     return [sys.executable, str(BENCHMARK), *map(str, args)]
 

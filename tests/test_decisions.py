@@ -2,7 +2,7 @@
 
 import csv
 
-from cli import emulated_gpu_env, latest_run_dir, ollama_flags, run_cli
+from cli import emulated_gpu_env, latest_run_dir, matrix, ollama_flags, run_cli
 from judge_server import JudgeFaults, JudgeServer, judge_flags
 from ollama_emulator import OllamaEmulator
 
@@ -38,12 +38,7 @@ def test_judge_repeats_measure_the_judge_and_reuse_repeat_zero(tmp_path):
     with OllamaEmulator() as emu, JudgeServer(JudgeFaults(noisy=0.4)) as judge:
         args = [
             *ollama_flags(emu),
-            "--llms",
-            "llama3.2:3b",
-            "--embeddings",
-            "bm25",
-            "--limit",
-            "10",
+            *matrix("llama3.2:3b", "bm25", 10),
             "--results-dir",
             tmp_path,
             "--quiet",

@@ -131,7 +131,12 @@ def test_leaderboard_and_baseline_deltas(two_runs):
     html = page(results, run_id)
     assert '<table class="sortable">' in html and "Δ recall_at_k" in html and "Δ faithfulness" in html
     assert re.search(r'<span class="(up|down|muted)">[+-]?\d\.\d{3}</span>', html)
-    assert "PASS" in html and "peak_gb" in html
+    assert "peak_gb" in html and "≈ best" in html or ">best<" in html
+    targets = re.findall(r'<li><span class="(pass|fail)">(PASS|FAIL)</span> ([^<]+)', html)
+    assert len(targets) == 4 and all(kind == "pass" and word == "PASS" for kind, word, _ in targets), (
+        targets
+    )  # every target, not one of them
+    assert "status <b>done</b>" in html  # rendered after the final status was stored, not "running"
 
 
 def test_report_rebuilds_from_the_store_without_models(two_runs):

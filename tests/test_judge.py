@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import emulated_gpu_env, latest_run_dir, ollama_flags, run_cli
+from cli import emulated_gpu_env, latest_run_dir, matrix, ollama_flags, run_cli
 from conftest import REPO
 from judge_server import JudgeFaults, JudgeServer, judge_flags
 from ragsweep.judge_client import classify
@@ -21,12 +21,7 @@ def run(emu, judge, results: Path, *extra, config: Path | None = None) -> subpro
     env = emulated_gpu_env(emu, OPENAI_API_KEY=SECRET)
     args = [
         *ollama_flags(emu),
-        "--llms",
-        "llama3.2:3b,qwen2.5:7b",
-        "--embeddings",
-        "nomic-embed-text",
-        "--limit",
-        "3",
+        *matrix("llama3.2:3b,qwen2.5:7b", "nomic-embed-text", 3),
         "--results-dir",
         str(results),
         "--quiet",
@@ -66,6 +61,7 @@ def test_clean_judge_scores_every_sample_in_range_and_a_second_run_is_free(emula
     with JudgeServer() as judge:
         first = run(emulator, judge, tmp_path)
         assert first.returncode == 0, first.stderr
+        assert "Provider List" not in first.stdout + first.stderr and first.stdout.count("\n") == 1  # --quiet: one line for cron
         samples = rows(latest(tmp_path) / "samples.csv")
         assert len(samples) == 6
         for sample in samples:
@@ -150,16 +146,46 @@ def test_retry_failed_rejudges_only_the_failed_cells(emulator, tmp_path, strict)
     report = (latest(tmp_path) / "report.md").read_text()
     assert "Failed cells by cause: none" in report and "retry them" not in report  # no stale note from the first pass
     assert len([p for p in tmp_path.iterdir() if p.is_dir()]) == 1  # in place: no new run
+    record = json.loads((latest(tmp_path) / "run.json").read_text())
+    assert record["status"] == "finished with failures" and record["timings"]["generate_s"] > 0  # the run's own record is kept
+    [retry_record] = record["retries"]
+    assert retry_record["status"] == "done" and retry_record["exit_code"] == 0 and "judge_s" in retry_record["timings"]
 
 
-def test_max_judge_cost_stops_judging_cleanly(emulator, tmp_path):
+def test_retry_failed_keeps_an_unfinished_run_unfinished_and_refuses_another_judge(emulator, tmp_path):
+    from ollama_emulator import Fault
+
+    emulator.add_fault(Fault("/api/chat", 400, "bad request", count=100, when="work"))
+    with JudgeServer() as judge:
+        stopped = run(emulator, judge, tmp_path, "--max-failures", "2")
+        assert stopped.returncode == 1 and "stopped: failure budget" in stopped.stdout
+        retry = run(emulator, judge, tmp_path, "--retry-failed")
+        other = run(emulator, judge, tmp_path, "--retry-failed", "--judge", "openai/judge")
+    assert retry.returncode == 1, retry.stderr
+    assert "stopped: failure budget; 0/6 samples answered" in retry.stdout  # not "done", and counted against the plan
+    assert json.loads((latest(tmp_path) / "run.json").read_text())["status"] == "stopped: failure budget"
+    assert other.returncode == 2 and "was judged by openai/gpt-4o-mini, not by openai/judge" in other.stderr
+
+
+def test_max_judge_cost_is_checked_before_every_call_and_the_unjudged_cells_fail_the_run(emulator, tmp_path):
     with JudgeServer() as judge:
         result = run(emulator, judge, tmp_path, "--max-judge-cost", "0.0000001", "--judge-concurrency", "1")
-    assert result.returncode == 0, result.stderr
+        calls = judge.state.chat_requests
+    assert result.returncode == 1, result.stderr
+    assert calls == 1  # the first call spent the cap: no other call was made, not even the rest of its own cell
     report = (latest(tmp_path) / "report.md").read_text()
-    assert "the --max-judge-cost cap ($0.0000)" in report and "cells not judged" in report
-    judged = [s for s in rows(latest(tmp_path) / "samples.csv") if s["faithfulness"] or s["answer_relevancy"]]
-    assert 0 < len(judged) < 6
+    assert "the --max-judge-cost cap ($0.0000)" in report
+    unjudged = int(report.split(" judge cells not judged")[0].rsplit(": ", 1)[1])
+    assert unjudged == 3 * 4 * 2 and "finished with failures" in json.loads((latest(tmp_path) / "run.json").read_text())["status"]
+    assert f"{unjudged} judge cells not judged (--max-judge-cost)" in json.dumps(json.loads((latest(tmp_path) / "run.json").read_text()))
+
+
+def test_a_cost_cap_on_a_judge_without_a_price_is_refused_at_the_plan(emulator, tmp_path):
+    with JudgeServer() as judge:
+        args = [*ollama_flags(emulator), "--llms", "llama3.2:3b", "--embeddings", "bm25", "--results-dir", tmp_path, "--dry-run"]
+        result = run_cli(*args, *judge_flags(judge), "--max-judge-cost", "1", env=emulated_gpu_env(emulator))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--max-judge-cost: LiteLLM has no price for the judge openai/judge, so the cap could never apply" in result.stderr
 
 
 def test_no_secret_reaches_logs_or_results(emulator, tmp_path):
@@ -191,12 +217,7 @@ def test_no_network_other_than_the_configured_judge(emulator, tmp_path, monkeypa
                 "ollama",
                 "--ollama-host",
                 emulator.url,
-                "--llms",
-                "llama3.2:3b",
-                "--embeddings",
-                "all-minilm",
-                "--limit",
-                "2",
+                *matrix("llama3.2:3b", "all-minilm", 2),
                 "--results-dir",
                 str(tmp_path),
                 "--quiet",
@@ -214,9 +235,7 @@ def test_no_network_other_than_the_configured_judge(emulator, tmp_path, monkeypa
 def test_without_a_judge_the_run_says_how_to_enable_one(emulator, tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     env = emulated_gpu_env(emulator)
-    result = run_cli(
-        *ollama_flags(emulator), "--llms", "llama3.2:3b", "--embeddings", "bm25", "--limit", "1", "--results-dir", tmp_path, env=env
-    )
+    result = run_cli(*ollama_flags(emulator), *matrix("llama3.2:3b", "bm25", 1), "--results-dir", tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     # the demo's settings pin `judge: none`, so a key alone would change nothing: the hint names the flag
     assert (
@@ -247,12 +266,7 @@ def test_a_local_ollama_judge_is_loaded_once_after_generation_and_unloaded(emula
     env = {k: v for k, v in emulated_gpu_env(emulator).items() if k != "OPENAI_API_KEY"}
     args = [
         *ollama_flags(emulator),
-        "--llms",
-        "llama3.2:3b",
-        "--embeddings",
-        "nomic-embed-text",
-        "--limit",
-        "2",
+        *matrix("llama3.2:3b", "nomic-embed-text", 2),
         "--results-dir",
         tmp_path,
         "--quiet",
@@ -309,3 +323,40 @@ def test_halving_the_judge_cap_really_lowers_calls_in_flight():
         return tuple(peaks)
 
     assert asyncio.run(main()) == (4, 2)
+
+
+def test_workers_never_fight_over_the_last_cell_while_memory_pressure_halves_the_cap(tmp_path, monkeypatch):
+    """A worker that waits for the halving must not find the queue emptied under it (QueueEmpty skipped closing the run)."""
+    import asyncio
+    import types
+
+    from ragsweep import judge as judge_stage
+    from ragsweep.config import load_settings
+    from ragsweep.judge_client import JudgeClient, JudgeSpec, Usage
+    from ragsweep.platform import PlatformConfig
+    from ragsweep.run import RunContext
+    from ragsweep.runlog import RunLog
+    from ragsweep.store import Store
+
+    platform = PlatformConfig(
+        "cuda", "emulated", 12 * 10**9, 64, 4, pressure_threshold_bytes=10**9, baseline_target_bytes=10**9, unload_timeout_s=5
+    )
+    store = Store(tmp_path / "db.sqlite")
+    ctx = RunContext(
+        "r1", tmp_path, load_settings(None, {}, environ={}), platform, None, store, RunLog("r1", tmp_path, store, platform), quiet=True
+    )
+    readings = iter([0] * 4)  # the first four cells start in calm; then the card fills up
+    monkeypatch.setattr(judge_stage, "device_used_bytes", lambda: next(readings, 11 * 10**9))
+    spec = JudgeSpec("openai/x", "openai/e", None, concurrency=4, timeout_s=5, retries=0, parse_retries=0, max_tokens=2048)
+    client = JudgeClient(spec)
+
+    class Metric:  # stands in for a RAGAS metric: one judge call through the client's real gate
+        async def ascore(self, **inputs):
+            await client._bounded(asyncio.sleep, 0.02)
+            return types.SimpleNamespace(value=1.0)
+
+    client.metrics = lambda: {"faithfulness": Metric()}
+    cells = {f"k{i}": [judge_stage.Cell("bm25", "llm", f"q{i}", "faithfulness", 0, {}, f"k{i}")] for i in range(5)}
+    asyncio.run(judge_stage._judge_all(ctx, client, spec, cells, Usage()))
+    assert len(store.judgements("r1")) == 5 and client.capacity == 2
+    assert [e["new_judge_concurrency"] for e in store.events("r1") if e["event"] == "memory_pressure"] == [2]

@@ -1,5 +1,6 @@
 """How a run ended: the one function that decides status and exit code, and the closing line."""
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from ragsweep.outcome import Interrupted, Stop, decide_outcome, stop_from
         (stop_from(errors.BackendUnavailableError("gone")), [], "stopped: backend unreachable", 3),
         (stop_from(KeyboardInterrupt()), ["1 samples failed"], "interrupted", 130),
         (stop_from(Interrupted(143)), [], "interrupted", 143),
+        (stop_from(sqlite3.OperationalError("database or disk is full")), [], "failed: disk full", 1),
+        (stop_from(OSError(28, "No space left on device")), [], "failed: disk full", 1),
     ],
 )
 def test_a_stop_wins_over_problems_and_problems_over_done(stop, problems, status, code):

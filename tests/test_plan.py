@@ -25,7 +25,7 @@ def test_a_plan_counts_each_model_once_and_knows_the_cache(backend, tmp_path):
     store.put_embeddings(digest, [(f"h{i}", np.ones(4, dtype=np.float32)) for i in range(7)])
     plan = make_plan(backend, store, ["nomic-embed-text", "bm25"], ["llama3.2:3b", "qwen2.5:7b", "mistral:7b"], questions=10, chunks=50)
     assert (plan.samples, plan.model_loads) == (2 * 3 * 10, 2 + 3)
-    assert plan.cached_embeddings == {"nomic-embed-text": 7, "bm25": 0}
+    assert plan.cached_embeddings == {"nomic-embed-text": 7}  # bm25 has no vectors to cache
     assert plan.expected_bytes["qwen2.5:7b"] > plan.expected_bytes["llama3.2:3b"] > 0  # from the sizes Ollama reports
     assert "bm25" not in plan.expected_bytes  # lexical: nothing to load
 

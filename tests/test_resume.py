@@ -149,6 +149,7 @@ def test_interrupt_writes_partial_exports_and_says_how_to_resume(tmp_path, confi
         out, err = process.communicate()
         assert process.returncode == exit_code, err
         assert "interrupted" in out and "run the same command again to resume" in out
+        assert "/40 samples answered" in out  # counted against the plan, not against what finished
         assert emu.state.runners == {} or all(r.stopping_since is not None for r in emu.state.runners.values())  # unloaded on the way out
     run_dir = latest_run_dir(results)
     record = json.loads((run_dir / "run.json").read_text())

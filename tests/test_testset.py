@@ -31,7 +31,8 @@ def test_loads_demo_data():
             '{"id": "q9", "question": "Q?", "reference": "A", "reference_context_ids": "d1"}',
             ":3: field 'reference_context_ids' must be list, got str",
         ),
-        ('{"id": "q9", broken', ":3: invalid JSON"),
+        ('{"id": "q9", broken', ":3: invalid JSON at column 14: Expecting property name enclosed in double quotes"),
+        ('{"id": "q9', ":3: invalid JSON at column 11: Invalid control character at"),
         ('["not", "an", "object"]', ":3: expected a JSON object, got list"),
     ],
 )
@@ -66,7 +67,7 @@ def test_limit_applies_after_validating_every_line(tiny_corpus, tiny_testset):
         load_questions(tiny_testset, {"d1", "d2", "d3"}, limit=1)
 
 
-def test_csv_and_parquet_through_datasets(tmp_path, tiny_corpus):
+def test_csv_and_parquet(tmp_path, tiny_corpus):
     rows = [{"id": "q1", "question": "Capital of France?", "reference": "Paris", "reference_context_ids": '["d2"]'}]
     with (tmp_path / "t.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -19,6 +19,7 @@ from .retrievers import BASELINES, CLOSED_BOOK, ORACLE
 
 QUALITY_METRICS = [*RETRIEVAL_METRICS, *ANSWER_METRICS, *JUDGE_METRICS]  # higher is better; compared against the best
 DIAGNOSED_METRICS = ["token_f1", "faithfulness"]  # closed book → retriever → oracle, per LLM
+ANY_LLM = "(any)"  # the llm column of a retrieval metric's comparison: retrievers are compared, whatever the LLM
 HEADLINE = "token_f1"  # the metric the leaderboards' "vs best" column reads: every run has it, judged or not
 CONTAMINATION_SHARE = 0.8  # closed book at >= 80 % of the oracle: the LLM may have seen the test set
 COMPARISON_COLUMNS = [
@@ -52,6 +53,8 @@ def compare_to_best(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for metric in QUALITY_METRICS:
         table = {combo: values for combo, values in per_question(samples, metric).items() if combo[0] not in BASELINES}
+        if metric in RETRIEVAL_METRICS:  # the LLM plays no part: compare retrievers, once each
+            table = {(retriever, ANY_LLM): values for (retriever, _), values in sorted(table.items(), reverse=True)}
         means = {combo: np.nanmean(list(v.values())) for combo, v in table.items() if any(not math.isnan(x) for x in v.values())}
         if len(means) < 2:
             continue

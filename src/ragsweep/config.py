@@ -12,12 +12,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
+from dotenv import find_dotenv, load_dotenv
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .backends import BACKENDS
+from .backends.ollama import normalize_host
 from .errors import ConfigError
 from .metrics import JUDGE_METRICS
+from .redact import redact_all
+from .testset import utf8_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
@@ -57,15 +62,12 @@ class Settings(BaseModel):
     pressure_threshold_gb: float | None = Field(default=None, gt=0)  # None = platform default (10 of 12 GB on a card)
     baseline_target_gb: float | None = Field(default=None, gt=0)  # None = platform default (2 GB on a 12 GB card)
     unload_timeout_s: float | None = Field(default=None, gt=0)  # None = 30 s: wait this long for memory to come back
-    request_timeout_s: float | None = Field(
-        default=None, gt=0
-    )  # watchdog per model call; None = 120 s + 2 s per max_tokens (a first call may load the model)
-    backend_retry_s: float = Field(
-        default=120.0, ge=0
-    )  # a backend that stops answering mid-run is retried this long, then the run stops (exit 3, resumable)
-    max_failures: float | None = Field(
-        default=None, gt=0
-    )  # failed samples before the run stops: a count (>= 1) or a share of all samples (< 1)
+    # watchdog per model call; None = 120 s + 2 s per max_tokens (a first call may load the model)
+    request_timeout_s: float | None = Field(default=None, gt=0)
+    # a backend that stops answering mid-run is retried this long, then the run stops (exit 3, resumable)
+    backend_retry_s: float = Field(default=120.0, ge=0)
+    # failed samples before the run stops: a whole count (>= 1) or a share of all samples (between 0 and 1)
+    max_failures: float | None = Field(default=None, gt=0)
     judge: str | None = None  # "none", a LiteLLM model name, or None: gpt-4o-mini when OPENAI_API_KEY is set, else none
     judge_base_url: str | None = None  # OpenAI-compatible server for openai/NAME judges; Ollama host for ollama_chat/NAME
     judge_embeddings: str | None = None  # for answer_relevancy; default text-embedding-3-small, or the first Ollama embedding model
@@ -87,6 +89,23 @@ class Settings(BaseModel):
     fresh: bool = False  # ignore the caches (recompute everything; results are still cached for next time)
     results_dir: Path = REPO_ROOT / "results"
     ollama_host: str = "http://localhost:11434"
+
+    @field_validator("max_failures")
+    @classmethod
+    def _count_or_share(cls, value: float | None) -> float | None:
+        if value is not None and value > 1 and value != int(value):
+            raise ValueError("must be a whole number of failures (e.g. 5) or a share between 0 and 1 (e.g. 0.2)")
+        return value
+
+    @field_validator("ollama_host", "judge_base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                httpx.URL(normalize_host(value))
+            except (httpx.InvalidURL, ValueError) as error:
+                raise ValueError(f"not a valid URL ({error})") from None
+        return value
 
     @field_validator("backend")
     @classmethod
@@ -110,7 +129,8 @@ class Settings(BaseModel):
         return self._origins.get(field, "built-in default")
 
     def public_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        """What run.json and the store keep: every value, with passwords and tokens in URLs masked."""
+        return redact_all(self.model_dump(mode="json"))
 
     @property
     def watchdog_s(self) -> float:
@@ -120,10 +140,20 @@ class Settings(BaseModel):
         gb = lambda value: None if value is None else int(value * 1e9)  # noqa: E731
         return {
             "embed_batch_size": self.embed_batch_size,
+            "judge_concurrency": self.judge_concurrency,  # so run.json's platform records what ran
             "pressure_threshold_bytes": gb(self.pressure_threshold_gb),
             "baseline_target_bytes": gb(self.baseline_target_gb),
             "unload_timeout_s": self.unload_timeout_s,
         }
+
+
+def load_env_file() -> None:
+    """.env from the working directory (or a parent) into the environment; real environment variables win."""
+    path = find_dotenv(usecwd=True)
+    if path:
+        for _ in utf8_lines(Path(path)):  # a latin-1 .env is one clear line, not a UnicodeDecodeError
+            pass
+        load_dotenv(path)
 
 
 def load_settings(config_path: Path | None, cli: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:

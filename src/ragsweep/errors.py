@@ -2,7 +2,7 @@
 
 EXIT_OK = 0
 EXIT_FAILURES = 1  # finished, but some samples failed
-EXIT_INPUT = 2  # config, test set, model name or missing package
+EXIT_INPUT = 2  # config, test set, model name, missing package, results folder or database
 EXIT_BACKEND = 3  # backend unreachable
 EXIT_LOCKED = 4  # another run holds the results folder
 EXIT_SIGINT = 130
@@ -21,6 +21,10 @@ class ConfigError(RagsweepError):
 
 class InputError(RagsweepError):
     """The corpus or test set is missing or malformed."""
+
+
+class StorageError(RagsweepError):
+    """The results folder or database cannot be used (a file, read-only, full, locked, not ours)."""
 
 
 class ModelNotFoundError(RagsweepError):

@@ -22,11 +22,12 @@ from .backends.ollama import normalize_host
 from .config import Settings
 from .errors import ConfigError, MissingPackageError
 from .events import Event
-from .judge_client import JudgeClient, JudgeSpec, Usage, classify, current_cell
+from .judge_client import CostCapReached, JudgeClient, JudgeSpec, Usage, classify, current_cell, price_per_token
 from .lifecycle import resident_model
 from .metrics import JUDGE_METRICS
 from .nvml import device_used_bytes
 from .progress import bar
+from .redact import redact
 from .retrievers import CLOSED_BOOK, needs_model
 from .run import RunContext
 
@@ -55,6 +56,11 @@ def resolve_judge(settings: Settings, default_concurrency: int, environ: dict[st
         base_url = base_url or settings.ollama_host
     elif model.startswith("openai/") and not base_url and not environ.get("OPENAI_API_KEY"):
         raise ConfigError(f"--judge {model}: an openai/ judge needs --judge-base-url (an OpenAI-compatible server) or OPENAI_API_KEY")
+    if settings.max_judge_cost is not None and price_per_token(model) is None:
+        raise ConfigError(
+            f"{settings.origin('max_judge_cost')}: LiteLLM has no price for the judge {model}, so the cap could never "
+            "apply — drop --max-judge-cost for a local or self-hosted judge, or use a judge LiteLLM can price"
+        )
     return JudgeSpec(
         model=model,
         embeddings=settings.judge_embeddings or _default_embeddings(model, settings),
@@ -69,6 +75,18 @@ def resolve_judge(settings: Settings, default_concurrency: int, environ: dict[st
         metric_parse_retries=settings.judge_metric_parse_retries,
         repeats=settings.judge_repeats,
     )
+
+
+def require_same_judge(run_id: str, stored_plan: dict, spec: JudgeSpec) -> None:
+    """--retry-failed re-judges in place: a different judge would mix two judges' scores under one name."""
+    judged_by = stored_plan.get("judge")
+    same = stored_plan.get("judge_identity", spec.identity) == spec.identity if judged_by else False
+    if judged_by != spec.model or not same:
+        was = f"was judged by {judged_by}" if judged_by else "was not judged"
+        raise ConfigError(
+            f"--retry-failed: run {run_id} {was}, not by {spec.model} with these settings — "
+            "drop --retry-failed to judge in a new run (cached answers are reused)"
+        )
 
 
 def no_judge_hint(settings: Settings) -> str:
@@ -166,7 +184,7 @@ def judge(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> Usage:
     usage = Usage()
     if todo:
         with _resident_judge(ctx, spec):
-            asyncio.run(_judge_all(ctx, JudgeClient(spec), spec, todo, usage))
+            asyncio.run(_judge_all(ctx, JudgeClient(spec, cost_cap_usd=ctx.settings.max_judge_cost), spec, todo, usage))
     else:
         ctx.log.event(Event.MODEL_SKIPPED, STAGE, spec.model, reason="all judgements cached")
     ctx.log.event(Event.STAGE_END, STAGE, spec.model, cells=len(todo), calls=usage.calls, cost_usd=usage.cost_usd)
@@ -178,54 +196,71 @@ async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo
     queue: asyncio.Queue[list[Cell]] = asyncio.Queue()
     for cells in todo.values():
         queue.put_nowait(cells)
-    cap = ctx.settings.max_judge_cost
-    stopped = []
+    unjudged: list[Cell] = []  # left when the cost cap was reached
 
     async def worker(progress) -> None:
-        while not queue.empty():
-            if cap is not None and (usage.cost_usd or 0.0) >= cap:
-                stopped.append(queue.qsize())
-                return
-            used = device_used_bytes()
-            if used is not None and used > ctx.platform.pressure_threshold_bytes and client.capacity > 1:
-                before = client.capacity
-                ctx.log.event(
-                    Event.MEMORY_PRESSURE,
-                    STAGE,
-                    spec.model,
-                    used_bytes=used,
-                    judge_concurrency=before,
-                    new_judge_concurrency=await client.halve(),
-                )
-            cells = queue.get_nowait()
-            cell = cells[0]
-            cell_usage = Usage()
-            current_cell.set(cell_usage)  # this task's judge calls are counted here
+        while True:
             try:
-                result = await asyncio.wait_for(metrics[cell.metric].ascore(**cell.inputs), timeout=_metric_timeout(spec, cell))
-                value, cause, message = _value(result.value)
-            except Exception as error:  # failures are data: NaN plus a recorded cause
-                value, cause, message = (
-                    None,
-                    classify(error),
-                    f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}",
-                )
-            usage.add(cell_usage)
-            for index, twin in enumerate(cells):  # the usage is paid once, by the first
-                _record(ctx, twin, value, cause, message, cell_usage.as_dict() if index == 0 else {}, cached_hit=index > 0)
-            if value is not None:
-                ctx.store.put_judge_cache(cell.key, spec.identity, cell.metric, value, cell_usage.as_dict())
-            progress.advance(len(cells))
+                cells = queue.get_nowait()  # taken before any await: no other worker can empty the queue in between
+            except asyncio.QueueEmpty:
+                return
+            if client.over_cap():
+                unjudged.extend(cells)
+                continue
+            await _relieve_pressure(ctx, client, spec)
+            if await _judge_cell(ctx, metrics, spec, cells, usage):
+                progress.advance(len(cells))
+            else:
+                unjudged.extend(cells)
 
     with bar(f"judge {spec.model}", sum(len(cells) for cells in todo.values()), ctx.quiet) as progress:
         # enough workers to keep the call cap busy (a metric makes up to 6 + k calls in sequence)
         await asyncio.gather(*(worker(progress) for _ in range(max(1, spec.concurrency * 2))))
-    if stopped:
-        left = max(stopped)
-        ctx.note(
-            f"judging stopped at ${usage.cost_usd:.4f}, the --max-judge-cost cap (${cap:.4f}): {left} distinct cells not judged", STAGE
-        )
-        ctx.log.event(Event.JUDGE_COST_CAP, STAGE, spec.model, cost_usd=usage.cost_usd, cells_left=left)
+    if unjudged:
+        cap = f"${usage.cost_usd or 0.0:.4f}, the --max-judge-cost cap (${client.cost_cap_usd:.4f})"
+        ctx.note(f"judging stopped at {cap}: {len(unjudged)} judge cells not judged", STAGE)
+        ctx.log.event(Event.JUDGE_COST_CAP, STAGE, spec.model, cost_usd=usage.cost_usd, cells_left=len(unjudged))
+
+
+async def _judge_cell(ctx: RunContext, metrics: dict, spec: JudgeSpec, cells: list[Cell], usage: Usage) -> bool:
+    """Score one cell (and its twins that share the key); False when the cost cap refused a call and the cell stays unjudged."""
+    cell = cells[0]
+    cell_usage = Usage()
+    current_cell.set(cell_usage)  # this task's judge calls are counted here
+    try:
+        result = await asyncio.wait_for(metrics[cell.metric].ascore(**cell.inputs), timeout=_metric_timeout(spec, cell))
+        value, cause, message = _value(result.value)
+    except Exception as error:  # failures are data: NaN plus a recorded cause
+        if _caused_by(error, CostCapReached):
+            usage.add(cell_usage)
+            return False
+        value, cause, message = None, classify(error), f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+    usage.add(cell_usage)
+    for index, twin in enumerate(cells):  # the usage is paid once, by the first
+        _record(ctx, twin, value, cause, message, cell_usage.as_dict() if index == 0 else {}, cached_hit=index > 0)
+    if value is not None:
+        ctx.store.put_judge_cache(cell.key, spec.identity, cell.metric, value, cell_usage.as_dict())
+    return True
+
+
+async def _relieve_pressure(ctx: RunContext, client: JudgeClient, spec: JudgeSpec) -> None:
+    """A local judge beside other memory: above the threshold, halve the calls in flight (for the rest of the stage)."""
+    used = device_used_bytes()
+    if used is not None and used > ctx.platform.pressure_threshold_bytes and client.capacity > 1:
+        before = client.capacity
+        after = await client.halve()
+        if after != before:  # another worker's halving is under way: it logs its own
+            ctx.log.event(Event.MEMORY_PRESSURE, STAGE, spec.model, used_bytes=used, judge_concurrency=before, new_judge_concurrency=after)
+
+
+def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, kind):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__ or getattr(error, "last_exception", None)
+    return False
 
 
 def _metric_timeout(spec: JudgeSpec, cell: Cell) -> float:
@@ -258,7 +293,7 @@ def _record(ctx: RunContext, cell: Cell, value, cause, message, usage: dict, cac
             "repeat": cell.repeat,
             "value": value,
             "cause": cause,
-            "message": message,
+            "message": redact(message) if message else message,  # LiteLLM's errors may quote the judge's URL
             "cached": int(cached_hit),
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from .redact import redact
 
 TEMPERATURE, TOP_P = 0.01, 0.1  # ragas's deterministic defaults, part of the judge's identity
 
@@ -43,7 +46,7 @@ class JudgeSpec:
             {
                 "model": self.model,
                 "embeddings": self.embeddings,
-                "base_url": self.base_url,
+                "base_url": redact(self.base_url) if self.base_url else None,  # a rotated password keeps the cache
                 "max_tokens": self.max_tokens,
                 "temperature": TEMPERATURE,
                 "top_p": TOP_P,
@@ -74,40 +77,85 @@ class Usage:
 current_cell: contextvars.ContextVar[Usage] = contextvars.ContextVar("current_cell")  # set per metric cell task
 
 
+class CostCapReached(Exception):
+    """--max-judge-cost: the next call would start at or above the cap, so it is not made."""
+
+
+def quiet_litellm():
+    """litellm, imported once and told not to print its 'Provider List' banners (they flood cron mail, --quiet or not)."""
+    import litellm
+
+    litellm.suppress_debug_info = True
+    logging.getLogger("LiteLLM").setLevel(logging.WARNING)
+    return litellm
+
+
+def price_per_token(model: str) -> tuple[float, float] | None:
+    """(input, output) USD per token from LiteLLM's local price list; None when it does not know the model."""
+    try:
+        info = quiet_litellm().get_model_info(model)
+    except Exception:  # LiteLLM raises for an unmapped model
+        return None
+    if info.get("input_cost_per_token") is None:
+        return None
+    return info["input_cost_per_token"], info.get("output_cost_per_token") or 0.0
+
+
 @dataclass
 class JudgeClient:
     spec: JudgeSpec
+    cost_cap_usd: float | None = None  # --max-judge-cost: checked before every call
+    spent_usd: float = 0.0  # what this stage's calls cost so far
     capacity: int = 0  # current cap; memory pressure halves it
     _semaphore: asyncio.Semaphore | None = field(default=None, repr=False)
+    _halving: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.capacity = self.spec.concurrency  # known before the first call: pressure at the very start halves it too
+
+    def over_cap(self) -> bool:
+        return self.cost_cap_usd is not None and self.spent_usd >= self.cost_cap_usd
 
     def _gate(self) -> asyncio.Semaphore:
         if self._semaphore is None:  # created inside the running loop
             self._semaphore = asyncio.Semaphore(self.spec.concurrency)
-            self.capacity = self.spec.concurrency
         return self._semaphore
 
     async def halve(self) -> int:
-        """Lower the cap for the rest of the stage by keeping half of the permits forever."""
+        """Lower the cap for the rest of the stage by keeping half of the permits forever (one halving at a time)."""
         gate = self._gate()
-        for _ in range(self.capacity - max(1, self.capacity // 2)):
-            await gate.acquire()
-        self.capacity = max(1, self.capacity // 2)
-        return self.capacity
+        if self._halving:  # another worker is halving already: two would keep too many permits and starve every call
+            return self.capacity
+        self._halving = True
+        target = max(1, self.capacity // 2)
+        for _ in range(self.capacity - target):
+            await gate.acquire()  # waits for calls in flight to finish: a permit taken is a call slot gone
+        self.capacity, self._halving = target, False
+        return target
 
     async def complete(self, **kwargs: Any) -> Any:
         """The `client` instructor calls: one bounded, retried, accounted litellm.acompletion."""
-        import litellm
-
-        response = await self._bounded(litellm.acompletion, **kwargs)
+        response = await self._bounded(self._capped(quiet_litellm().acompletion), **kwargs)
         usage = getattr(response, "usage", None)
         try:
-            cost = litellm.completion_cost(completion_response=response)
+            cost = quiet_litellm().completion_cost(completion_response=response)
         except Exception:  # unknown model price: cost stays unknown, not zero
             cost = None
+        self.spent_usd += cost or 0.0
         cell = current_cell.get(None)
         if cell is not None:
             cell.add(Usage(1, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0, cost))
         return response
+
+    def _capped(self, call):
+        """The call, refused once --max-judge-cost is spent; checked inside the gate, so the overshoot is at most the calls in flight."""
+
+        async def capped(*args: Any, **kwargs: Any) -> Any:
+            if self.over_cap():
+                raise CostCapReached(f"${self.spent_usd:.4f} spent, the cap is ${self.cost_cap_usd:.4f}")
+            return await call(*args, **kwargs)
+
+        return capped
 
     async def _bounded(self, call, *args: Any, **kwargs: Any) -> Any:
         retrying = AsyncRetrying(

@@ -6,10 +6,12 @@ spent) or went to its end, with or without problems found in the store afterward
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import errors
+from .store import is_storage_full
 
 
 class Interrupted(Exception):
@@ -23,7 +25,8 @@ class Interrupted(Exception):
 class Stop:
     """Why a run ended before its last stage."""
 
-    status: str  # as stored and printed: interrupted | stopped: backend unreachable | stopped: failure budget
+    # as stored and printed: interrupted | stopped: backend unreachable | stopped: failure budget | failed: disk full | failed: storage
+    status: str
     exit_code: int
     reason: str
 
@@ -38,6 +41,10 @@ def stop_from(error: BaseException) -> Stop:
         return Stop("stopped: backend unreachable", error.exit_code, str(error))
     if isinstance(error, errors.FailureBudgetExceededError):
         return Stop("stopped: failure budget", error.exit_code, str(error))
+    if isinstance(error, (sqlite3.OperationalError, OSError)):  # storage mid-run: what finished is in the store already
+        if is_storage_full(error):
+            return Stop("failed: disk full", errors.EXIT_FAILURES, f"no space left to write results ({error}): free some space")
+        return Stop("failed: storage", errors.EXIT_FAILURES, f"could not write results ({error})")
     raise TypeError(f"not a run-stopping error: {error!r}")
 
 
@@ -54,7 +61,7 @@ class Outcome:
 
     @property
     def resumable(self) -> bool:
-        return self.status == "interrupted" or self.status.startswith("stopped")
+        return self.status == "interrupted" or self.status.startswith(("stopped", "failed"))
 
     def line(self, run_id: str, wall_s: float, run_dir: Path) -> str:
         """The one line cron mails: status, answered of planned, where the results are, what to do next."""

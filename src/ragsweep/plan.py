@@ -15,7 +15,7 @@ from rich.table import Table
 from . import fmt
 from .backends.base import Backend, ModelInfo
 from .config import Settings
-from .judge_client import JudgeSpec
+from .judge_client import JudgeSpec, price_per_token
 from .platform import PlatformConfig
 from .retrievers import BASELINES, describe_retriever, needs_model
 from .store import Store
@@ -57,16 +57,10 @@ class Plan:
         """A rough estimate from LiteLLM's price list; None when it does not know the model."""
         if not self.judge:
             return None
-        import litellm
-
-        price = litellm.model_cost.get(
-            self.judge.model.split("/", 1)[-1] if self.judge.model.startswith("openai/") and not self.judge.base_url else self.judge.model
-        )
-        if not price or price.get("input_cost_per_token") is None:
+        price = price_per_token(self.judge.model)
+        if price is None:
             return None
-        return self.judge_calls * (
-            JUDGE_PROMPT_TOKENS * price["input_cost_per_token"] + JUDGE_COMPLETION_TOKENS * price.get("output_cost_per_token", 0.0)
-        )
+        return self.judge_calls * (JUDGE_PROMPT_TOKENS * price[0] + JUDGE_COMPLETION_TOKENS * price[1])
 
     @property
     def samples(self) -> int:
@@ -93,6 +87,7 @@ class Plan:
             "estimated_s": round(self.estimated_s, 1),
             "top_k": self.top_k,
             "judge": self.judge.model if self.judge else None,
+            "judge_identity": self.judge.identity if self.judge else None,  # what --retry-failed must match
             "judge_calls": self.judge_calls,
         }
 
@@ -112,7 +107,8 @@ def make_plan(
     llms = [backend.describe(name, "llm") for name in llm_names]
     plan = Plan(retrievers, llms, questions, chunks, judge, top_k)
     for retriever in retrievers:
-        plan.cached_embeddings[retriever.name] = store.cached_embedding_count(retriever.digest) if needs_model(retriever.name) else 0
+        if needs_model(retriever.name):
+            plan.cached_embeddings[retriever.name] = store.cached_embedding_count(retriever.digest)
     for llm in llms:
         plan.answer_seconds[llm.name] = store.mean_answer_seconds(llm.digest) or DEFAULT_ANSWER_S
     for model in retrievers + llms:
@@ -143,6 +139,8 @@ def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
             f"{plan.cached_embeddings[model.name]} vectors"
             if model.name in plan.cached_embeddings
             else f"~{plan.answer_seconds[model.name]:.1f} s/answer"
+            if model.name in plan.answer_seconds
+            else "-"
         )
         table.add_row(
             model.name,

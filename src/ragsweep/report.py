@@ -255,11 +255,23 @@ def print_outcome(run: RunContext, console: Console) -> None:
     print(run.outcome.line(run.run_id, run.timings.get("wall_s", 0.0), run.run_dir))
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so (OWASP: CSV injection)
+
+
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows({k: ("" if v is None or (isinstance(v, float) and math.isnan(v)) else v) for k, v in row.items()} for row in rows)
+        writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
+
+
+def _csv_cell(value: Any) -> Any:
+    """Empty for absent and NaN; text that a spreadsheet would run as a formula gets a leading quote (the store keeps it raw)."""
+    if value is None or is_nan(value):
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:

@@ -12,10 +12,11 @@ import logging
 import platform as python_platform
 import secrets
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ from .events import EVENTS_SCHEMA_VERSION, Event
 from .lock import results_lock
 from .outcome import Interrupted, Outcome, Stop, decide_outcome, stop_from
 from .platform import PlatformConfig
+from .redact import redact, redact_all
 from .report import write_exports
 from .runlog import RunLog
 from .store import Store
@@ -35,7 +37,8 @@ if TYPE_CHECKING:
     from .plan import Plan
 
 RUN_JSON_SCHEMA_VERSION = 2  # 2: schema_version, outcome (planned/answered/failed/reason)
-STOPS = (KeyboardInterrupt, Interrupted, BackendUnavailableError, FailureBudgetExceededError)
+STOPS = (KeyboardInterrupt, Interrupted, BackendUnavailableError, FailureBudgetExceededError, sqlite3.OperationalError, OSError)
+RESUMABLE = ("interrupted", "stopped: backend unreachable", "stopped: failure budget", "failed: disk full", "failed: storage")
 
 
 @dataclass
@@ -55,6 +58,7 @@ class RunContext:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage, for run.json
     summary: list[dict[str, Any]] = field(default_factory=list)  # per combination, once the exports are written
     outcome: Outcome | None = None  # set when the run is closed
+    reopened: dict[str, Any] | None = None  # the stored run a --retry-failed re-opened (its status before), else None
 
     def count_failures(self, n: int, budgeted: bool = True) -> None:
         """Failed samples; past the budget the run stops (a model that cannot load is skipped, not budgeted)."""
@@ -66,7 +70,7 @@ class RunContext:
 
     def note(self, message: str, stage: str | None = None) -> None:
         """A line for the report; kept as an event so the report can be rebuilt from the store."""
-        self.notes.append(message)
+        self.notes.append(redact(message))
         self.log.event(Event.NOTE, stage, message=message)
 
     @contextmanager
@@ -108,12 +112,14 @@ def open_run(
     run_id: str | None = None,
 ) -> Iterator[RunContext]:
     """A new run over `questions`, or (with `run_id`) an existing one re-opened in place, from lock to `ctx.outcome`."""
+    reopened = store.run(run_id) if run_id else None
     run_id = run_id or new_run_id()
     with results_lock(settings.results_dir, run_id):
         ctx = _start(run_id, settings, platform, backend, store, quiet)
-        if questions is not None:
+        ctx.reopened = reopened
+        if reopened is None:
             store.start_run(run_id, settings.public_dict(), plan.as_dict(), platform.as_dict())
-            store.add_questions(run_id, questions)
+            store.add_questions(run_id, questions or [])
         ctx.failure_budget = failure_budget(settings.max_failures, plan.samples)
         stop: Stop | None = None
         previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
@@ -122,8 +128,8 @@ def open_run(
                 yield ctx
         except STOPS as error:
             stop = stop_from(error)
-            ctx.note(f"run {stop.status}: {stop.reason}")
-            ctx.log.event(Event.RUN_STOPPED, reason=stop.status, message=stop.reason)
+            _best_effort(ctx, "record the stop", lambda: ctx.note(f"run {stop.status}: {stop.reason}"))
+            _best_effort(ctx, "record the stop", lambda: ctx.log.event(Event.RUN_STOPPED, reason=stop.status, message=stop.reason))
         finally:
             signal.signal(signal.SIGTERM, previous_handler)
         _close(ctx, plan, stop)
@@ -141,27 +147,43 @@ def _start(run_id: str, settings: Settings, platform: PlatformConfig, backend: B
 
 
 def _close(ctx: RunContext, plan: Plan, stop: Stop | None) -> None:
-    """Never leave a model resident; write the exports of what is done, whatever happened."""
+    """Never leave a model resident; write what fits of the exports, whatever happened (a full disk included)."""
     try:
         for info in ctx.backend.loaded():
             ctx.backend.unload(info.name)
     except RagsweepError as error:  # the backend itself is gone: nothing of ours is resident there to free
-        ctx.log.event(Event.CLEANUP_FAILED, message=str(error))
+        message = str(error)
+        _best_effort(ctx, "log the clean-up", lambda: ctx.log.event(Event.CLEANUP_FAILED, message=message))
     ctx.timings["model_call_s"] = ctx.model_call_s  # retrieval and generation only: the harness-overhead figure
     answered, failed = ctx.store.answer_counts(ctx.run_id)
-    ctx.outcome = decide_outcome(stop, plan.samples, answered, failed, _problems(ctx))
-    ctx.store.finish_run(ctx.run_id, ctx.outcome.status, ctx.outcome.exit_code)  # before the exports: they show the status
-    ctx.summary = write_exports(ctx.store, ctx.run_id, ctx.run_dir, ctx.settings.baseline)
-    _write_run_json(ctx, plan)
+    ctx.outcome = decide_outcome(stop, plan.samples, answered, failed, _problems(ctx, plan))
+    if ctx.reopened and stop is None and ctx.reopened["status"] in RESUMABLE and answered + failed < plan.samples:
+        ctx.outcome = replace(ctx.outcome, status=ctx.reopened["status"])  # a retry does not make an unfinished run finished
+    _best_effort(ctx, "store the status", lambda: ctx.store.finish_run(ctx.run_id, ctx.outcome.status, ctx.outcome.exit_code))
+    _best_effort(
+        ctx, "write the exports", lambda: setattr(ctx, "summary", write_exports(ctx.store, ctx.run_id, ctx.run_dir, ctx.settings.baseline))
+    )
+    _best_effort(ctx, "write run.json", lambda: _write_run_json(ctx, plan))
     ctx.log.close()
 
 
-def _problems(ctx: RunContext) -> list[str]:
+def _best_effort(ctx: RunContext, what: str, step) -> None:
+    """Closing goes on when the disk is full or the database is locked: each step that fails is said once, in the notes."""
+    try:
+        step()
+    except (sqlite3.Error, OSError) as error:
+        ctx.notes.append(f"could not {what}: {error}")
+
+
+def _problems(ctx: RunContext, plan: Plan) -> list[str]:
     """What makes a finished run exit 1, read from the store (so a re-opened run counts what it inherited)."""
     events = ctx.store.events(ctx.run_id)
-    _, failed = ctx.store.answer_counts(ctx.run_id)
+    answered, failed = ctx.store.answer_counts(ctx.run_id)
     unjudged = sum(1 for j in ctx.store.judgements(ctx.run_id) if j["value"] is None)
+    capped = sum(e.get("cells_left", 0) for e in events if e["event"] == Event.JUDGE_COST_CAP)
     problems = [f"{failed} samples failed"] if failed else []
+    problems += [f"{plan.samples - answered - failed} samples never answered"] if answered + failed < plan.samples else []
+    problems += [f"{capped} judge cells not judged (--max-judge-cost)"] if capped else []
     problems += [f"{e['model']}: {e['stage']} failed" for e in events if e["event"] == Event.MODEL_FAILED and e["stage"] == "retrieve"]
     problems += ["memory did not come back after an unload"] if any(e["event"] == Event.MEMORY_NOT_RELEASED for e in events) else []
     return problems + ([f"{unjudged} judge cells failed (NaN)"] if unjudged else [])
@@ -180,14 +202,31 @@ def _log_to(path: Path) -> None:
 
 
 def _write_run_json(ctx: RunContext, plan: Plan) -> None:
+    """run.json: what ran and how it ended. A --retry-failed keeps the run's own record and adds itself to `retries`."""
     outcome = ctx.outcome
+    summary = {"planned": outcome.planned, "answered": outcome.answered, "failed": outcome.failed, "reason": outcome.reason}
+    timings = {k: round(v, 3) for k, v in ctx.timings.items()}
+    path = ctx.run_dir / "run.json"
+    if ctx.reopened and path.is_file():
+        record = json.loads(path.read_text(encoding="utf-8"))
+        retry = {
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "judge": plan.judge.model if plan.judge else None,
+            "status": outcome.status,
+            "exit_code": outcome.exit_code,
+            "outcome": summary,
+            "timings": timings,
+        }
+        record["retries"] = [*record.get("retries", []), retry]
+        path.write_text(json.dumps(redact_all(record), indent=2), encoding="utf-8")
+        return
     record = {
         "schema_version": RUN_JSON_SCHEMA_VERSION,
         "events_schema_version": EVENTS_SCHEMA_VERSION,
         "run_id": ctx.run_id,
         "status": outcome.status,
         "exit_code": outcome.exit_code,
-        "outcome": {"planned": outcome.planned, "answered": outcome.answered, "failed": outcome.failed, "reason": outcome.reason},
+        "outcome": summary,
         "config": ctx.settings.public_dict(),
         "platform": ctx.platform.as_dict(),
         "python": python_platform.python_version(),
@@ -197,6 +236,6 @@ def _write_run_json(ctx: RunContext, plan: Plan) -> None:
             for m in plan.retrievers + plan.llms
         },
         "plan": plan.as_dict(),
-        "timings": {k: round(v, 3) for k, v in ctx.timings.items()},
+        "timings": timings,
     }
-    (ctx.run_dir / "run.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    (ctx.run_dir / "run.json").write_text(json.dumps(redact_all(record), indent=2), encoding="utf-8")

@@ -11,6 +11,7 @@ from typing import Any
 from .events import EVENTS_SCHEMA_VERSION, Event
 from .memory import MemorySnapshot, monitor_gpu_memory
 from .platform import PlatformConfig
+from .redact import redact_all
 from .store import Store
 
 log = logging.getLogger("ragsweep")
@@ -33,13 +34,13 @@ class RunLog:
             "stage": stage,
             "model": model,
             "t": round(time.time(), 3),
-            **data,
+            **redact_all(data),  # a message may quote a URL with its password
         }
         self._seq += 1
         self.store.add_event(self.run_id, self._seq, record)
         self._events_file.write(json.dumps(record) + "\n")
         self._events_file.flush()  # tail -f friendly; survives a crash
-        log.info("%s %s %s %s", event, stage or "", model or "", {k: v for k, v in data.items() if k != "memory"} or "")
+        log.info("%s %s %s %s", event, stage or "", model or "", {k: v for k, v in record.items() if k in data} or "")
 
     def snapshot(self, stage: str, label: str, backend, model: str | None = None) -> MemorySnapshot:
         snapshot = monitor_gpu_memory(stage, label, backend, self.platform, model)

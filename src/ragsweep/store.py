@@ -7,16 +7,21 @@ re-pulled model gets a new digest and only its own work is redone.
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
+from .errors import ConfigError, StorageError
+
 SCHEMA_VERSION = 3
+LOCK_TIMEOUT_S = 30  # how long a write waits for another program's lock on the database
 
 # Numbered migrations: MIGRATIONS[n] takes a database from version n to n + 1.
 MIGRATIONS: list[str] = [
@@ -93,14 +98,29 @@ ANSWER_COLUMNS = [
 
 
 class Store:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, create: bool = True, lock_timeout_s: float = LOCK_TIMEOUT_S):
+        """Open (with `create`, make) the results database; every way that fails is one StorageError line naming the fix."""
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
-        migrate(self.db)
+        folder = path.parent
+        if folder.exists() and not folder.is_dir():
+            raise StorageError(f"results folder {folder} is a file, not a folder — pick another --results-dir")
+        if not create and not path.is_file():
+            raise StorageError(f"no results database at {path} — check --results-dir (nothing was created)")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(
+                f"file:{quote(str(path))}?mode={'rwc' if create else 'rw'}", uri=True, isolation_level=None, timeout=lock_timeout_s
+            )
+            self.db.row_factory = sqlite3.Row
+            _require_whole_ragsweep_file(self.db, path)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
+            migrate(self.db)
+            if create:  # can we write? (a read-only folder, or another program's lock held past the timeout, says so here)
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.execute("ROLLBACK")
+        except (sqlite3.Error, OSError) as error:
+            raise StorageError(_storage_message(error, path, lock_timeout_s)) from None
 
     # runs -------------------------------------------------------------------------------
     def start_run(self, run_id: str, config: dict[str, Any], plan: dict[str, Any], platform: dict[str, Any]) -> None:
@@ -284,14 +304,47 @@ class Store:
         return [json.loads(row["data"]) for row in self.db.execute("SELECT data FROM memory WHERE run_id = ? ORDER BY seq", (run_id,))]
 
 
+def is_storage_full(error: BaseException) -> bool:
+    """The disk (or a size limit) ran out while writing: SQLite's SQLITE_FULL, or ENOSPC/EFBIG from a file write."""
+    if isinstance(error, sqlite3.OperationalError):
+        return "disk is full" in str(error) or "disk I/O error" in str(error)
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _require_whole_ragsweep_file(db: sqlite3.Connection, path: Path) -> None:
+    """Someone else's database (tables, no ragsweep `meta`) is never migrated into; a cut-off copy is refused before it is read."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if tables and "meta" not in tables:
+        raise StorageError(
+            f"{path} is not a ragsweep database (tables: {', '.join(sorted(tables)[:5])}) — move it or pick another --results-dir"
+        )
+    wal = path.with_name(path.name + "-wal")
+    if tables and not (wal.is_file() and wal.stat().st_size):  # without a WAL, the header's page count is the file's size
+        expected = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+        if path.stat().st_size < expected:
+            cut = f"truncated: {path.stat().st_size} of {expected} bytes"
+            raise StorageError(f"{path} is not a ragsweep database ({cut}) — move it or pick another --results-dir")
+
+
+def _storage_message(error: BaseException, path: Path, lock_timeout_s: float) -> str:
+    text = str(error)
+    if "not a database" in text or "malformed" in text:
+        return f"{path} is not a ragsweep database ({text}) — move it or pick another --results-dir"
+    if "locked" in text:
+        held = f"locked by another program for more than {lock_timeout_s:.0f} s"
+        return f"the results database {path} is {held} — close it (sqlite3, a DB browser) and run again"
+    if is_storage_full(error):
+        return f"no space left for the results database {path} ({text}) — free some space or pick another --results-dir"
+    reason = getattr(error, "strerror", None) or text
+    return f"cannot write the results database {path} ({reason}) — check the folder's permissions, or pick another --results-dir"
+
+
 def migrate(db: sqlite3.Connection) -> int:
     """Bring the database to SCHEMA_VERSION; returns the version it started at."""
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     start = int(row[0]) if row else 0
     if start > SCHEMA_VERSION:
-        from .errors import ConfigError
-
         raise ConfigError(
             f"results database {db.execute('PRAGMA database_list').fetchone()[2]} has schema version {start}, newer than this "
             f"ragsweep ({SCHEMA_VERSION}) — upgrade ragsweep or use another --results-dir"

@@ -2,18 +2,20 @@
 
 Corpus rows: {"id", "title", "text"}. Question rows: {"id", "question", "reference",
 "reference_context_ids": [corpus ids]}. JSONL is read line by line; CSV and Parquet go through
-`datasets` (a list column in CSV is written as JSON, e.g. ["doc-1","doc-2"]).
+the csv module (every cell text) and pyarrow (a list column in CSV is written as JSON, e.g.
+["doc-1","doc-2"], or as doc-1|doc-2). Files must be UTF-8; a BOM is fine.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, MissingPackageError
+from .errors import InputError
 
 
 @dataclass(frozen=True)
@@ -75,43 +77,82 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".ndjson"}:
         yield from _jsonl_rows(path)
-    elif suffix in {".csv", ".parquet"}:
-        yield from _table_rows(path, suffix.lstrip("."))
+    elif suffix == ".csv":
+        yield from _csv_rows(path)
+    elif suffix == ".parquet":
+        yield from _parquet_rows(path)
     else:
         raise InputError(f"{path}: unsupported format {suffix!r} — use .jsonl, .csv or .parquet")
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
+def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file (a leading BOM is fine); a byte that is not UTF-8 is an error naming line and column."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise InputError(f"{where}: invalid JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InputError(
+                    f"{path}:{number}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}) — save it as UTF-8"
+                ) from None
 
 
-def _table_rows(path: Path, kind: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    try:
-        import datasets
-    except ImportError:
-        raise MissingPackageError(f"reading {path.name}", "datasets==5.2.0") from None
-    datasets.disable_progress_bars()
-    table = datasets.load_dataset(kind, data_files=str(path), split="train", streaming=True)
-    # CSV rows start at line 2 (line 1 is the header); Parquet rows are counted from 1.
-    offset = 2 if kind == "csv" else 1
-    for index, row in enumerate(table):
-        row = dict(row)
-        ids = row.get("reference_context_ids")
-        if isinstance(ids, str):
-            row["reference_context_ids"] = _parse_id_list(ids, f"{path}:{index + offset}")
-        where = f"{path}:{index + offset}" if kind == "csv" else f"{path}: row {index + offset}"
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(f"{where}: invalid JSON at column {error.colno}: {error.msg}") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
         yield where, row
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every CSV cell is text, as written: an id like 007 or a title like 1984 stays a string."""
+    lines = (text for _, text in utf8_lines(path))
+    for index, row in enumerate(csv.DictReader(lines), start=2):  # line 1 is the header
+        where = f"{path}:{index}"
+        if None in row:
+            raise InputError(f"{where}: more cells than the header has columns")
+        yield where, _with_id_list({key: (value if value != "" else None) for key, value in row.items()}, where)
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Parquet through pyarrow; whole-number ids are read as their text (1984 -> "1984")."""
+    import pyarrow
+    import pyarrow.parquet
+
+    try:
+        rows = pyarrow.parquet.read_table(path).to_pylist()
+    except (pyarrow.ArrowException, OSError) as error:
+        raise InputError(
+            f"{path}: not a readable Parquet file ({str(error).splitlines()[0]}) — write it with pandas/pyarrow, or use .jsonl"
+        ) from None
+    for index, row in enumerate(rows, start=1):
+        where = f"{path}: row {index}"
+        row = _with_id_list(row, where)
+        row["id"] = _whole_number_as_text(row.get("id"))
+        if isinstance(row.get("reference_context_ids"), list):
+            row["reference_context_ids"] = [_whole_number_as_text(i) for i in row["reference_context_ids"]]
+        yield where, row
+
+
+def _whole_number_as_text(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _with_id_list(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """reference_context_ids may be written as a JSON list or 'a|b' in one text cell."""
+    ids = row.get("reference_context_ids")
+    if isinstance(ids, str):
+        row["reference_context_ids"] = _parse_id_list(ids, where)
+    return row
 
 
 def _parse_id_list(text: str, where: str) -> list[str]:
@@ -119,7 +160,7 @@ def _parse_id_list(text: str, where: str) -> list[str]:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = [part.strip() for part in text.split("|") if part.strip()]
-    return value if isinstance(value, list) else [str(value)]
+    return [_whole_number_as_text(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def _check_fields(row: dict[str, Any], fields: dict[str, type], where: str, optional: set[str] = frozenset()) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from tenacity import retry, retry_if_exception, wait_exponential_jitter
 
 from ..errors import BackendUnavailableError, ConfigError, ModelCallError, ModelNotFoundError
+from ..redact import redact
 from .base import Backend, Generation, GenerationOptions, Kind, LoadedInfo, LoadedModel, ModelInfo, Prompt
 
 KEEP_ALIVE = "30m"  # resident through a stage (renewed by each request); freed by Ollama if we die
@@ -77,8 +78,8 @@ class OllamaBackend(Backend):
     runs_locally = False
 
     def __init__(self, host: str, request_timeout_s: float, down_retry_s: float, retries: int = 3):
-        self.host = normalize_host(host)
-        self.client = httpx.Client(base_url=self.host, timeout=httpx.Timeout(request_timeout_s, connect=5.0))
+        self.client = httpx.Client(base_url=normalize_host(host), timeout=httpx.Timeout(request_timeout_s, connect=5.0))
+        self.host = redact(normalize_host(host))  # as shown in messages and stored; the client keeps the real one
         self.retries = retries  # attempts for a busy server or a crashed runner
         self.down_retry_s = down_retry_s  # how long a server that stopped answering is retried
         self._version: str | None = None
