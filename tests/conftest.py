@@ -20,6 +20,12 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def tiny_corpus_rows(n: int) -> list[dict]:
+    """n small numbered passages (d0, d1, ...)."""
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    return [{"id": f"d{i}", "title": f"Item {i}", "text": f"Item {i} is called {words[i % 10]} in the list."} for i in range(n)]
+
+
 @pytest.fixture
 def tiny_corpus(tmp_path: Path) -> Path:
     return write_jsonl(

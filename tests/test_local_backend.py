@@ -1,8 +1,13 @@
 """The local backend with the real shipped models: digests, errors, and memory that comes back."""
 
+import json
+import os
+import sqlite3
+
 import psutil
 import pytest
 
+from conftest import REPO
 from ragsweep.backends.base import GenerationOptions
 from ragsweep.backends.local import LOCAL_MODELS, LocalBackend, LocalModel
 from ragsweep.errors import ConfigError, MissingPackageError, ModelNotFoundError
@@ -78,3 +83,103 @@ def test_a_crashed_model_process_is_a_model_call_error():
         model.generate(build_prompt("Q?", ["ctx"]))
     assert caught.value.cause == "runner_crash"
     assert backend.loaded() == []
+
+
+# Out of memory in a model process: a real torch.OutOfMemoryError from tests/oom_guard.py -----------------
+
+
+def _runlog(tmp_path):
+    from ragsweep.platform import get_platform_config
+    from ragsweep.runlog import RunLog
+    from ragsweep.store import Store
+
+    return RunLog("r1", tmp_path, Store(tmp_path / "db.sqlite"), get_platform_config())
+
+
+def test_out_of_memory_at_load_is_recognised_and_the_ladder_runs(tmp_path):
+    from oom_guard import guarded_minilm
+
+    from ragsweep.errors import ModelUnavailableError
+    from ragsweep.lifecycle import resident_model
+
+    backend = LocalBackend("cpu", request_timeout_s=120, trust_remote_code=True)
+    once = backend.describe(str(guarded_minilm(tmp_path / "once", max_batch=64, failing_loads=1)), "embedding")
+    log = _runlog(tmp_path)
+    with resident_model(backend, once, "retrieve", log) as resident:
+        assert resident.call("embed", ["a cat"])[0].shape == (1, 384)
+    steps = [
+        (e["event"], e.get("step") or e.get("recovered_by"))
+        for e in log.store.events("r1")
+        if e["event"] in {"out_of_memory", "model_load"}
+    ]
+    assert steps == [("out_of_memory", "as configured"), ("model_load", "after clean-up")]
+    assert "CUDA out of memory. Tried to allocate 20.00 MiB" in log.store.events("r1")[0]["message"]
+    never = backend.describe(str(guarded_minilm(tmp_path / "never", max_batch=64, failing_loads=9)), "embedding")
+    with pytest.raises(ModelUnavailableError, match="does not fit in memory, even with every step of the ladder") as caught:
+        with resident_model(backend, never, "retrieve", log):
+            pass
+    assert caught.value.cause == "out_of_memory"  # not a plain load error: the ladder ran, and the report counts it as memory
+
+
+def test_out_of_memory_mid_embed_halves_the_batch_and_keeps_every_vector(tmp_path):
+    from oom_guard import guarded_minilm
+
+    from cli import run_cli
+    from conftest import tiny_corpus_rows, write_jsonl
+
+    model = guarded_minilm(tmp_path / "guarded", max_batch=4)
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", tiny_corpus_rows(20))
+    testset = write_jsonl(
+        tmp_path / "testset.jsonl", [{"id": "q1", "question": "What is item 3?", "reference": "three", "reference_context_ids": ["d3"]}]
+    )
+    config = tmp_path / "run.yaml"
+    config.write_text("trust_remote_code: true\nembed_batch_size: 16\njudge: none\n")
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}")
+    args = [
+        "--config",
+        config,
+        "--backend",
+        "local",
+        "--embeddings",
+        model,
+        "--llms",
+        "smollm2-135m",
+        "--corpus",
+        corpus,
+        "--testset",
+        testset,
+    ]
+    result = run_cli(*args, "--results-dir", tmp_path / "r", "--quiet", env=env)
+    assert result.returncode == 0, result.stderr
+    run_dir = next(p for p in (tmp_path / "r").iterdir() if p.is_dir())
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "out_of_memory"] == ["batch 16 → 8", "batch 8 → 4"]
+    assert [e["model"] for e in events if e["event"] == "model_load"].count(str(model)) == 1  # the child lived on: no reload
+    with sqlite3.connect(tmp_path / "r" / "ragsweep.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM embedding_cache").fetchone()[0] == 21  # 20 passages + 1 question, none lost
+    assert "retrieve " in (run_dir / "report.md").read_text() and "out of memory [batch 16 → 8]" in (run_dir / "report.md").read_text()
+
+
+def test_gguf_layer_counts_come_from_the_file_header():
+    backend = LocalBackend("cpu", request_timeout_s=120)
+    assert backend.describe("smollm2-135m", "llm").details["block_count"] == 30
+    assert backend.describe("gemma3-270m", "llm").details["block_count"] == 18
+    assert "block_count" not in backend.describe("all-minilm-l6-v2", "embedding").details
+
+
+@pytest.mark.parametrize(
+    "message, cause",
+    [
+        ("OutOfMemoryError: CUDA out of memory. Tried to allocate 576.00 MiB", "out_of_memory"),
+        (
+            "ggml_backend_cuda_buffer_type_alloc_buffer: allocating 1200.00 MiB on device 0: cudaMalloc failed: out of memory",
+            "out_of_memory",
+        ),
+        ("llama_model_load: error loading model: failed to allocate buffer", "out_of_memory"),
+        ("ValueError: Failed to load model from file", "error"),
+    ],
+)
+def test_a_model_process_error_is_classified_by_its_text(message, cause):
+    from ragsweep.backends.local import classify
+
+    assert classify(message) == cause

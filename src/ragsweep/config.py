@@ -86,6 +86,7 @@ class Settings(BaseModel):
     judge_repeats: int = Field(default=1, ge=1, le=20)  # judge each cell N times, independently: the judge's noise goes into the intervals
     max_judge_cost: float | None = Field(default=None, gt=0)  # USD: stop judging cleanly when reached
     baseline: str | None = None  # an earlier run id: report.html adds per-metric deltas against it
+    trust_remote_code: bool = False  # load custom modules a sentence-transformers folder names in modules.json (only folders you trust)
     fresh: bool = False  # ignore the caches (recompute everything; results are still cached for next time)
     results_dir: Path = REPO_ROOT / "results"
     ollama_host: str = "http://localhost:11434"

@@ -213,7 +213,8 @@ def fault_lines(report: RunReport) -> list[str]:
         place = " ".join(part for part in (e.get("stage"), e.get("model")) if part)
         where = f"{place}: " if place else ""  # a retry of a server-wide call has no stage or model
         if e["event"] == Event.MODEL_LOAD and e.get("recovered_by"):
-            lines.append(f"{where}loaded {e['recovered_by']} (num_ctx {e.get('num_ctx')}, num_gpu {e.get('num_gpu')})")
+            placement = f" (num_ctx {e.get('num_ctx')}, num_gpu {e.get('num_gpu')})" if "num_ctx" in e else ""
+            lines.append(f"{where}loaded {e['recovered_by']}{placement}")
         elif e["event"] == Event.MEMORY_PRESSURE:
             change = (
                 f"batch {e['batch_size']} → {e['new_batch_size']}"

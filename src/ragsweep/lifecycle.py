@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 
-from .backends.base import Backend, GenerationOptions, LoadedModel, ModelInfo
+from .backends.base import Backend, EmbeddingOptions, GenerationOptions, LoadedModel, ModelInfo
 from .errors import MemoryNotReleasedError, ModelCallError, ModelUnavailableError
 from .events import Event
 from .memory import ensure_clean_gpu_state
@@ -39,6 +39,7 @@ def clean_state(backend: Backend, runlog: RunLog, stage: str, back_to_bytes: int
 
 
 RECOVERABLE = {"timeout", "runner_crash", "out_of_memory"}  # worth one reload and one more try
+DEGRADED = {"num_ctx halved", "half the layers on the GPU", "fp16 weights", "on the CPU"}  # not what the config asked for
 
 
 class Resident:
@@ -50,10 +51,11 @@ class Resident:
         self.degraded = False  # loaded with less context or fewer GPU layers than configured
         self.model = self._load()
 
-    def _load(self, **reason) -> LoadedModel:
-        """Load; on out of memory: clean up and retry, then halve num_ctx, then put half the layers on the GPU."""
+    def _load(self, start: str = "as configured", **reason) -> LoadedModel:
+        """Load; on out of memory climb the ladder: clean up and retry; then for an LLM halve num_ctx and put half the
+        layers on the GPU, for an embedding model on a card load fp16 weights, then move it to the CPU."""
         last: ModelCallError | None = None
-        for step, options in self._ladder():
+        for step, options in self._ladder(start):
             if step != "as configured":
                 clean_state(self._backend, self._log, self._stage)
             try:
@@ -64,12 +66,8 @@ class Resident:
                 self._log.event(Event.OUT_OF_MEMORY, self._stage, self.info.name, step=step, message=str(error))
                 last = error
                 continue
-            self.options, self.degraded = options, step in {"num_ctx halved", "half the layers on the GPU"}
-            extra = (
-                {"recovered_by": step, "num_ctx": options.num_ctx if options else None, "num_gpu": options.num_gpu if options else None}
-                if step != "as configured"
-                else {}
-            )
+            self.options, self.degraded = options, step in DEGRADED
+            extra = {"recovered_by": step, **_placement(options)} if step != "as configured" else {}
             self._log.event(
                 Event.MODEL_LOAD,
                 self._stage,
@@ -80,40 +78,57 @@ class Resident:
                 **extra,
             )
             return model
+        tried = (
+            "num_ctx halved and half its layers on the GPU" if isinstance(self.options, GenerationOptions) else "every step of the ladder"
+        )
         raise ModelUnavailableError(
-            f"{self.info.name} does not fit in memory, even with num_ctx halved and half its layers on the GPU ({last})",
+            f"{self.info.name} does not fit in memory, even with {tried} ({last})",
             cause="out_of_memory",
         )
 
-    def _ladder(self):
-        yield "as configured", self.options
-        yield "after clean-up", self.options
-        if self.options is not None:  # generation models: less context, then partial offload
+    def _ladder(self, start: str = "as configured"):
+        """The steps of the out-of-memory ladder, from `start` on: each is (name, options)."""
+        steps = [("as configured", self.options), ("after clean-up", self.options)]
+        if isinstance(self.options, GenerationOptions):  # generation models: less context, then partial offload
             smaller = replace(self.options, num_ctx=max(512, self.options.num_ctx // 2))
-            yield "num_ctx halved", smaller
             blocks = self.info.details.get("block_count") or 0
-            yield "half the layers on the GPU", replace(smaller, num_gpu=blocks // 2)
+            steps += [("num_ctx halved", smaller), ("half the layers on the GPU", replace(smaller, num_gpu=blocks // 2))]
+        elif self._backend.embedding_fallbacks:  # embedding models on a card: half precision, then the CPU
+            steps += [("fp16 weights", EmbeddingOptions(half_precision=True)), ("on the CPU", EmbeddingOptions(on_cpu=True))]
+        names = [name for name, _ in steps]
+        yield from steps[names.index(start) :]
 
     def call(self, method: str, *args):
-        """One model call; a crash, hang or out-of-memory answer gets one reload and one more try."""
+        """One model call; a crash or hang gets one reload and one more try, an LLM out of memory one reload with less context.
+
+        An embedding model out of memory mid-call is left to the caller: a smaller batch is the cure, not a reload.
+        """
         try:
             return getattr(self.model, method)(*args)
         except ModelCallError as error:
-            if error.cause not in RECOVERABLE:
+            out_of_memory = error.cause == "out_of_memory"
+            if error.cause not in RECOVERABLE or (out_of_memory and not isinstance(self.options, GenerationOptions)):
                 raise
             self._log.event(Event.RECOVERING, self._stage, self.info.name, cause=error.cause, message=str(error))
-            self.reload()
+            self.reload(start="num_ctx halved" if out_of_memory else "as configured")
             return getattr(self.model, method)(*args)
 
-    def reload(self) -> None:
-        """Replace a crashed or hung model: unload it, wait until its runner and memory are gone, load again."""
+    def reload(self, start: str = "as configured") -> None:
+        """Replace a crashed or hung model: unload it, wait until its runner and memory are gone, load again from `start`."""
         self.close()
         clean_state(self._backend, self._log, self._stage, model=self.info.name)
-        self.model = self._load(reason="reload after failure")
+        self.model = self._load(start, reason="reload after failure")
 
     def close(self) -> None:
         self.model.close()
         self._log.event(Event.MODEL_UNLOAD, self._stage, self.info.name)
+
+
+def _placement(options: GenerationOptions | EmbeddingOptions | None) -> dict:
+    """What a ladder step changed, for its event: context and GPU layers, or precision and device."""
+    if isinstance(options, GenerationOptions):
+        return {"num_ctx": options.num_ctx, "num_gpu": options.num_gpu}
+    return asdict(options) if options else {}
 
 
 @contextmanager

@@ -121,6 +121,13 @@ def _dense_rank(ctx: RunContext, retriever: ModelInfo, chunks: list[Chunk], ques
     return np.take_along_axis(top, order, axis=1).tolist()
 
 
+def _halve_batch(ctx: RunContext, retriever: ModelInfo, batch_size: int, error: ModelCallError) -> int:
+    """Out of memory mid-embed: activations scale with the batch, so half the batch for the rest of the stage."""
+    smaller = max(1, batch_size // 2)
+    ctx.log.event(Event.OUT_OF_MEMORY, STAGE, retriever.name, step=f"batch {batch_size} → {smaller}", message=str(error))
+    return smaller
+
+
 def _embeddings(ctx: RunContext, retriever: ModelInfo, texts: list[str]) -> np.ndarray:
     """Vectors for `texts`, from the cache where possible; the model is loaded only for the rest."""
     hashes = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
@@ -139,7 +146,13 @@ def _embeddings(ctx: RunContext, retriever: ModelInfo, texts: list[str]) -> np.n
                     smaller = relieve_pressure(ctx.backend, ctx.log, STAGE, resident.info.name, batch_size)
                     halved, batch_size = smaller != batch_size, smaller
                 batch = missing[done : done + batch_size]
-                batch_vectors, seconds = resident.call("embed", [text_of[h] for h in batch])
+                try:
+                    batch_vectors, seconds = resident.call("embed", [text_of[h] for h in batch])
+                except ModelCallError as error:
+                    if error.cause != "out_of_memory" or batch_size == 1:
+                        raise
+                    batch_size = _halve_batch(ctx, retriever, batch_size, error)  # the same texts again, in smaller batches
+                    continue
                 ctx.model_call_s += seconds
                 ctx.store.put_embeddings(retriever.digest, list(zip(batch, batch_vectors, strict=True)))
                 vectors.update(zip(batch, batch_vectors, strict=True))

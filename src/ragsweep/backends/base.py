@@ -61,6 +61,14 @@ class GenerationOptions:
 
 
 @dataclass(frozen=True)
+class EmbeddingOptions:
+    """How an embedding model is placed; only the out-of-memory ladder changes the defaults."""
+
+    half_precision: bool = False  # fp16 weights: half the memory on a CUDA card
+    on_cpu: bool = False  # the last resort: off the GPU entirely (slow, but the night finishes)
+
+
+@dataclass(frozen=True)
 class Prompt:
     """One question with its contexts, in both forms: chat messages and plain completion text."""
 
@@ -105,6 +113,7 @@ class Backend(ABC):
     name: str
     runs_locally: bool  # models live in child processes of this one (their RSS is ours to read)
     log_path: Path | None = None  # where model processes write their own output (the run's models.log), if they have any
+    embedding_fallbacks: bool = False  # the out-of-memory ladder may load an embedding model in fp16, then on the CPU
     on_retry: RetryHook = staticmethod(lambda cause, message, attempt: None)  # called before each backoff; the run logs it
 
     @classmethod
@@ -120,7 +129,7 @@ class Backend(ABC):
         """Resolve a model name; raise ModelNotFoundError / ConfigError / MissingPackageError."""
 
     @abstractmethod
-    def load(self, info: ModelInfo, options: GenerationOptions | None = None) -> LoadedModel: ...
+    def load(self, info: ModelInfo, options: GenerationOptions | EmbeddingOptions | None = None) -> LoadedModel: ...
 
     @abstractmethod
     def loaded(self) -> list[LoadedInfo]: ...

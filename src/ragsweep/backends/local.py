@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 import multiprocessing
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import numpy as np
 
 from ..errors import ConfigError, MissingPackageError, ModelCallError, ModelNotFoundError
 from . import local_worker
-from .base import Backend, Generation, GenerationOptions, Kind, LoadedInfo, LoadedModel, ModelInfo, Prompt
+from .base import Backend, EmbeddingOptions, Generation, GenerationOptions, Kind, LoadedInfo, LoadedModel, ModelInfo, Prompt
+from .gguf import block_count
 
 LLAMA_CPP = "llama-cpp-python==0.3.36"
 SENTENCE_TRANSFORMERS = "sentence-transformers==6.2.0"
@@ -51,15 +52,17 @@ class LocalBackend(Backend):
     name = "local"
     runs_locally = True
 
-    def __init__(self, device: str, request_timeout_s: float):
+    def __init__(self, device: str, request_timeout_s: float, trust_remote_code: bool = False):
         self.device = device
         self.request_timeout_s = request_timeout_s  # a call that takes longer is hung: the child is killed
+        self.trust_remote_code = trust_remote_code  # run custom modules a sentence-transformers folder names (only folders you trust)
+        self.embedding_fallbacks = device == "cuda"  # fp16, then the CPU, before an embedding model is given up
         self._resident: dict[str, LocalProcessModel] = {}
         self._specs: dict[str, dict[str, Any]] = {}
 
     @classmethod
     def from_settings(cls, settings, device: str) -> LocalBackend:
-        return cls(device=device, request_timeout_s=settings.watchdog_s)
+        return cls(device=device, request_timeout_s=settings.watchdog_s, trust_remote_code=settings.trust_remote_code)
 
     def describe(self, name: str, kind: Kind) -> ModelInfo:
         if name in LOCAL_MODELS:
@@ -73,7 +76,13 @@ class LocalBackend(Backend):
             self._specs[name] = {"engine": model.engine, "path": str(path), "prompt_style": model.prompt_style}
             _require_engine(model.engine, name)
             return ModelInfo(
-                name, kind, _digest(path), model.license, _size(path), str(path), {"engine": model.engine, "package": model.package}
+                name,
+                kind,
+                _digest(path),
+                model.license,
+                _size(path),
+                str(path),
+                {"engine": model.engine, "package": model.package, **_layers(path)},
             )
         return self._describe_path(name, kind)
 
@@ -88,13 +97,16 @@ class LocalBackend(Backend):
         engine = "llama.cpp" if is_gguf else "sentence-transformers"
         _require_engine(engine, name)
         self._specs[name] = {"engine": engine, "path": str(path.resolve()), "prompt_style": "chat"}
-        return ModelInfo(name, kind, _digest(path), None, _size(path), str(path.resolve()), {"engine": engine})
+        return ModelInfo(name, kind, _digest(path), None, _size(path), str(path.resolve()), {"engine": engine, **_layers(path)})
 
-    def load(self, info: ModelInfo, options: GenerationOptions | None = None) -> LoadedModel:
+    def load(self, info: ModelInfo, options: GenerationOptions | EmbeddingOptions | None = None) -> LoadedModel:
+        placement = options if isinstance(options, EmbeddingOptions) else EmbeddingOptions()
         spec = dict(
             self._specs[info.name],
-            device=self.device,
-            options=options.__dict__ if options else None,
+            device="cpu" if placement.on_cpu else self.device,
+            half_precision=placement.half_precision,
+            trust_remote_code=self.trust_remote_code,
+            options=asdict(options) if isinstance(options, GenerationOptions) else None,
             log_path=str(self.log_path) if self.log_path else None,
         )
         model = LocalProcessModel(info, spec, self.request_timeout_s, on_exit=lambda: self._resident.pop(info.name, None))
@@ -137,7 +149,8 @@ class LocalProcessModel(LoadedModel):
         status, detail = self._receive(timeout_s)
         if status != "ready":
             self._kill()
-            raise ModelCallError(f"could not load {info.name}: {detail}", cause="load_error")
+            cause = "out_of_memory" if classify(detail) == "out_of_memory" else "load_error"
+            raise ModelCallError(f"could not load {info.name}: {detail}", cause=cause)
         self.load_seconds = time.perf_counter() - start
 
     @property
@@ -173,7 +186,7 @@ class LocalProcessModel(LoadedModel):
             raise ModelCallError(f"{self.info.name}: model process has exited", cause="runner_crash") from None
         status, result = self._receive(self._timeout_s)
         if status != "ok":
-            raise ModelCallError(f"{self.info.name}: {result.splitlines()[0]}", cause="error")
+            raise ModelCallError(f"{self.info.name}: {result.splitlines()[0]}", cause=classify(result))
         return result
 
     def _receive(self, timeout_s: float) -> tuple[str, Any]:
@@ -194,6 +207,16 @@ class LocalProcessModel(LoadedModel):
             self._process.join(timeout=10)
         self._conn.close()
         self._on_exit()
+
+
+# What a child's error says when the device ran out: torch's OutOfMemoryError and its message, llama.cpp's allocators.
+OOM_MARKERS = ("outofmemoryerror", "out of memory", "failed to allocate", "cudamalloc failed", "unable to allocate", "alloc_buffer: failed")
+
+
+def classify(message: str) -> str:
+    """The cause of a failed load or call in a model process, from its error text: out_of_memory, or error."""
+    lowered = message.lower()
+    return "out_of_memory" if any(marker in lowered for marker in OOM_MARKERS) else "error"
 
 
 def _locate(name: str, model: LocalModel) -> Path:
@@ -236,6 +259,12 @@ def _not_found_message(name: str, kind: Kind) -> str:
     hint = f"did you mean '{close[0]}'? " if close else ""
     path_hint = "a sentence-transformers folder" if kind == "embedding" else "a .gguf file"
     return f"unknown local {kind} model '{name}' — {hint}known: {', '.join(names)}, or the path of {path_hint}"
+
+
+def _layers(path: Path) -> dict[str, int]:
+    """A GGUF's layer count, so the out-of-memory ladder can put half of them on the GPU."""
+    count = block_count(path) if path.is_file() and path.suffix == ".gguf" else None
+    return {"block_count": count} if count else {}
 
 
 def _files(path: Path) -> list[Path]:

@@ -66,7 +66,11 @@ def _open_sentence_transformer(spec: dict[str, Any]) -> dict[str, Any]:
     transformers.logging.disable_progress_bar()  # its bars would tear through the run's own
 
     device = spec["device"] if spec["device"] in {"cuda", "mps"} else "cpu"
-    encoder = SentenceTransformer(spec["path"], device=device, local_files_only=True)
+    encoder = SentenceTransformer(
+        spec["path"], device=device, local_files_only=True, trust_remote_code=spec.get("trust_remote_code", False)
+    )
+    if spec.get("half_precision"):  # the out-of-memory ladder's second step: fp16 weights
+        encoder = encoder.half()
 
     def embed(payload: dict[str, Any]):
         start = time.perf_counter()
