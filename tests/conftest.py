@@ -57,9 +57,8 @@ def emulator():
         yield emu
 
 
-@pytest.fixture
-def fake_gpu(emulator, monkeypatch):
-    """This process's NVML reads the emulated card (the subprocess tests use PYTHONPATH instead)."""
+def use_fake_nvml(monkeypatch, **environ: str) -> None:
+    """This process's NVML is tests/fake_gpu/pynvml.py, reading the cards `environ` names (the subprocess tests use PYTHONPATH)."""
     import importlib.util
     import sys
 
@@ -69,7 +68,18 @@ def fake_gpu(emulator, monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setitem(sys.modules, "pynvml", module)
-    monkeypatch.setenv("RAGSWEEP_TEST_GPU_URL", emulator.url)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
     nvml.library.cache_clear()  # NVML is opened once per process: open the fake one
+    nvml.visible_handles.cache_clear()
+
+
+@pytest.fixture
+def fake_gpu(emulator, monkeypatch):
+    """This process's NVML reads the emulated card."""
+    from ragsweep import nvml
+
+    use_fake_nvml(monkeypatch, RAGSWEEP_TEST_GPU_URL=emulator.url)
     yield emulator
     nvml.library.cache_clear()
+    nvml.visible_handles.cache_clear()

@@ -92,3 +92,16 @@ def _prompt():
     from ragsweep.prompt import build_prompt
 
     return build_prompt("What is the capital of France?", ["Paris is the capital of France."])
+
+
+def test_samples_taken_while_resident_join_the_ledger(fake_gpu, runlog):
+    import time
+
+    runlog.sample_interval_s = 0.02
+    backend = OllamaBackend(fake_gpu.url, request_timeout_s=30, down_retry_s=5)
+    with resident_model(backend, backend.describe("llama3.2:3b", "llm"), "generate", runlog, OPTIONS):
+        time.sleep(0.3)
+    labels = [s["label"] for s in runlog.store.snapshots("r1")]
+    assert labels[:2] == ["before_load", "loaded"] and labels[-2:] == ["before_unload", "after_unload"]
+    samples = [s for s in runlog.store.snapshots("r1") if s["label"] == "sample"]
+    assert len(samples) >= 5 and all(s["device_max_used_bytes"] > 2 * GB and s["model"] == "llama3.2:3b" for s in samples)

@@ -55,3 +55,26 @@ def test_print_plan_says_when_a_model_will_not_fit(backend, tmp_path):
     lines = {line.split("│")[1].strip(): line for line in text.splitlines() if line.count("│") > 3}
     assert "yes (~" in lines["llama3.2:3b"] and "NO (~" in lines["qwen2.5:7b"]
     assert "model loads: 3 (E + L)" in text
+
+
+def test_a_model_too_big_for_one_card_fits_when_the_backend_splits_it_over_several():
+    from dataclasses import replace
+
+    from ragsweep.plan import fit
+
+    card = PlatformConfig("cuda", "L4", 24 * GB, 64, 2, pressure_threshold_bytes=20 * GB, baseline_target_bytes=2 * GB, unload_timeout_s=5)
+    assert fit(30 * GB, card, splits=True).startswith("NO")  # one card
+    assert fit(30 * GB, replace(card, device_count=2), splits=True).startswith("yes, split over 2 cards")
+    assert fit(30 * GB, replace(card, device_count=2), splits=False).startswith("NO")  # the local backend puts a model on one card
+    assert fit(10 * GB, card, splits=False).startswith("yes (~10.0 GB)")
+
+
+def test_a_cpu_only_llama_cpp_on_a_cuda_box_is_said_in_the_plan():
+    from ragsweep.backends.local import LLAMA_CUDA_REBUILD, LocalBackend, llama_cpp_offloads
+
+    assert not llama_cpp_offloads()  # this machine's build is CPU-only
+    on_a_card = LocalBackend("cuda", request_timeout_s=60)
+    [note] = on_a_card.plan_notes([on_a_card.describe("smollm2-135m", "llm")])
+    assert "CPU-only build: the LLMs will run on the CPU" in note and LLAMA_CUDA_REBUILD in note
+    assert on_a_card.plan_notes([on_a_card.describe("all-minilm-l6-v2", "embedding")]) == []  # no LLM: nothing to say
+    assert LocalBackend("cpu", request_timeout_s=60).plan_notes([on_a_card.describe("smollm2-135m", "llm")]) == []

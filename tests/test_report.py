@@ -63,3 +63,34 @@ def test_exports_are_written_from_the_store_alone(store, tmp_path):
     samples = list(csv.DictReader((out / "samples.csv").open()))
     assert len(samples) == 4 and [s["cause"] for s in samples if s["error"]] == ["runner_crash"]
     assert [row["llm"] for row in summary] == ["a", "b"]
+
+
+def test_per_card_peaks_samples_and_inferred_attribution_are_reported(store):
+    base = {
+        "stage": "generate",
+        "model": "a",
+        "platform": "cuda",
+        "rss_bytes": 1,
+        "runner_rss_bytes": None,
+        "system_total_bytes": 1,
+        "system_available_bytes": 1,
+        "device_used_bytes": 9 * 10**9,
+        "device_max_used_bytes": 7 * 10**9,
+    }
+    rows = [
+        {**base, "label": "loaded", "t": 1.0, "devices": f"0:{7 * 10**9}/{24 * 10**9};1:{2 * 10**9}/{24 * 10**9}", "attribution": "nvml"},
+        {
+            **base,
+            "label": "sample",
+            "t": 2.0,
+            "devices": f"0:{11 * 10**9}/{24 * 10**9};1:{3 * 10**9}/{24 * 10**9}",
+            "attribution": "inferred",
+            "device_max_used_bytes": 11 * 10**9,
+        },
+    ]
+    for seq, row in enumerate(rows, start=100):
+        store.add_snapshot("r1", seq, row)
+    text = render_markdown(load_report(store, "r1"))
+    assert "| 0 | 11.00 | 24.00 |" in text and "| 1 | 3.00 | 24.00 |" in text  # the sample's peak, per card
+    assert "Peaks include 1 samples" in text and "inferred as the device's growth" in text
+    assert "| generate | 11.00 |" in text  # the stage's peak is the fullest card at the sample

@@ -61,6 +61,7 @@ class Settings(BaseModel):
     embed_batch_size: int | None = Field(default=None, ge=1)  # None = platform default
     pressure_threshold_gb: float | None = Field(default=None, gt=0)  # None = platform default (10 of 12 GB on a card)
     baseline_target_gb: float | None = Field(default=None, gt=0)  # None = platform default (2 GB on a 12 GB card)
+    memory_sample_s: float = Field(default=1.0, gt=0)  # while a model is resident, read memory this often (peaks between snapshots)
     unload_timeout_s: float | None = Field(default=None, gt=0)  # None = 30 s: wait this long for memory to come back
     # watchdog per model call; None = 120 s + 2 s per max_tokens (a first call may load the model)
     request_timeout_s: float | None = Field(default=None, gt=0)

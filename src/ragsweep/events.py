@@ -40,7 +40,7 @@ FIELDS: dict[Event, tuple[str, str]] = {
     Event.STAGE_END: ("a stage ended for one model", "questions | answers, generated | cells, calls, cost_usd"),
     Event.MODEL_LOAD: (
         "a model is resident",
-        "load_s, digest; reason (a reload), recovered_by, num_ctx, num_gpu (the out-of-memory ladder's step)",
+        "load_s, digest; reason (a reload); recovered_by with num_ctx, num_gpu (LLM) or half_precision, on_cpu (embedding)",
     ),
     Event.MODEL_UNLOAD: ("a model was asked to leave memory", "reason: leftover | memory pressure (absent: end of its stage)"),
     Event.MODEL_SKIPPED: ("a model was not loaded because its work was cached", "reason"),
@@ -50,7 +50,10 @@ FIELDS: dict[Event, tuple[str, str]] = {
         "use above the pressure threshold: other models unloaded, work shrunk",
         "used_bytes, threshold_bytes, batch_size, new_batch_size | judge_concurrency, new_judge_concurrency",
     ),
-    Event.OUT_OF_MEMORY: ("a load ran out of memory; the ladder tries its next step", "step, message"),
+    Event.OUT_OF_MEMORY: (
+        "a load ran out of memory (the ladder tries its next step) or an embedding batch did (it is halved)",
+        "step (the ladder's step, or 'batch 64 → 32'), message",
+    ),
     Event.RECOVERING: ("a call crashed, hung or ran out of memory: reload and one more try", "cause, message"),
     Event.RETRY: ("a backend request is retried with backoff", "cause, attempt, message"),
     Event.MODEL_FAILED: ("a model could not do its stage; its samples failed, the sweep goes on", "cause, message, samples"),

@@ -167,11 +167,33 @@ def memory_findings(report: RunReport) -> dict[str, Any]:
         ),
     ]
     source = (
-        "device memory (NVML)"
+        "device memory (NVML) on the fullest card"
         if any(row.get("device_used_bytes") is not None for row in report.snapshots)
         else "resident memory of the model processes (no GPU)"
     )
-    return {"peaks": peaks, "baselines": baselines, "loads": loads, "targets": targets, "source": source}
+    inferred = any(row.get("attribution") == "inferred" for row in report.snapshots)
+    samples = sum(1 for row in report.snapshots if row["label"] == "sample")
+    return {
+        "peaks": peaks,
+        "baselines": baselines,
+        "loads": loads,
+        "targets": targets,
+        "source": source,
+        "cards": card_peaks(report.snapshots),
+        "inferred": inferred,
+        "samples": samples,
+    }
+
+
+def card_peaks(snapshots: list[dict[str, Any]]) -> dict[int, tuple[int, int]]:
+    """NVML index -> (peak bytes in use, total bytes), from the ledger's per-card column."""
+    cards: dict[int, tuple[int, int]] = {}
+    for row in snapshots:
+        for part in filter(None, (row.get("devices") or "").split(";")):
+            index, usage = part.split(":")
+            used, total = map(int, usage.split("/"))
+            cards[int(index)] = (max(used, cards.get(int(index), (0, 0))[0]), total)
+    return cards
 
 
 def judge_usage(report: RunReport) -> list[dict[str, Any]]:

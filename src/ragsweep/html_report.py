@@ -204,9 +204,22 @@ def _memory(report: RunReport, memory: dict) -> str:
     bars = f'<img alt="load times" src="{plots.load_times(loads)}">' if loads else ""
     return _section(
         "Memory",
-        f'<p class="muted">Measured as {escape(memory["source"])}.</p><img alt="memory timeline" src="{timeline}"><h3>Model '
-        f"load times</h3>{bars}",
+        f'<p class="muted">Measured as {escape(memory["source"])}; {memory["samples"]} samples between the fixed snapshots.</p>'
+        f'<img alt="memory timeline" src="{timeline}">{_cards(memory)}<h3>Model load times</h3>{bars}',
     )
+
+
+def _cards(memory: dict) -> str:
+    """Per-card peaks on a box with several GPUs, and whether per-process attribution had to be inferred."""
+    parts = []
+    if len(memory["cards"]) > 1:
+        rows = [[index, f"{peak / 1e9:.2f}", f"{total / 1e9:.2f}"] for index, (peak, total) in sorted(memory["cards"].items())]
+        parts.append("<h3>Peak per card</h3>" + _table(["card (NVML index)", "peak GB", "of GB"], rows))
+    if memory["inferred"]:
+        parts.append(
+            '<p class="muted">NVML listed no model process (a container): GPU use per model is inferred from the growth since its load.</p>'
+        )
+    return "".join(parts)
 
 
 def _failures(report: RunReport) -> str:
@@ -300,7 +313,7 @@ def _samples(report: RunReport) -> str:
 def _combination_peaks(report: RunReport) -> dict[tuple[str, str], float]:
     per_model: dict[str, int] = {}
     for s in report.snapshots:
-        if s["model"] and s["label"] in {"loaded", "before_unload"}:
+        if s["model"] and s["label"] in {"loaded", "sample", "before_unload"}:
             per_model[s["model"]] = max(per_model.get(s["model"], 0), bytes_in_use(s))
     peaks = {}
     for row in report.summary:

@@ -14,7 +14,7 @@ from dataclasses import asdict, replace
 from .backends.base import Backend, EmbeddingOptions, GenerationOptions, LoadedModel, ModelInfo
 from .errors import MemoryNotReleasedError, ModelCallError, ModelUnavailableError
 from .events import Event
-from .memory import ensure_clean_gpu_state
+from .memory import MemorySampler, ensure_clean_gpu_state
 from .nvml import device_used_bytes
 from .runlog import RunLog
 
@@ -138,13 +138,16 @@ def resident_model(
     clean_state(backend, runlog, stage)
     before = runlog.snapshot(stage, "before_load", backend, info.name)
     resident = Resident(backend, info, stage, runlog, options)
-    runlog.snapshot(stage, "loaded", backend, info.name)
+    runlog.snapshot(stage, "loaded", backend, info.name, before=before)
+    sampler = MemorySampler(backend, runlog.platform, stage, info.name, before, runlog.sample_interval_s)
     try:
-        yield resident
+        with sampler:
+            yield resident
     finally:
-        runlog.snapshot(stage, "before_unload", backend, info.name)
+        runlog.add_snapshots(sampler.samples)
+        runlog.snapshot(stage, "before_unload", backend, info.name, before=before)
         resident.close()
-        verified = clean_state(backend, runlog, stage, back_to_bytes=before.device_used_bytes, model=info.name)
+        verified = clean_state(backend, runlog, stage, back_to_bytes=before.device_max_used_bytes, model=info.name)
         after = runlog.snapshot(stage, "after_unload", backend, info.name)
         if verified:
             runlog.event(Event.UNLOAD_VERIFIED, stage, info.name, in_use_bytes=after.in_use_bytes)

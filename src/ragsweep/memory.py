@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,9 +41,12 @@ class MemorySnapshot:
     runner_rss_bytes: int | None  # resident memory of the backend's model processes
     system_total_bytes: int
     system_available_bytes: int
-    device_total_bytes: int | None = None  # NVML
+    device_total_bytes: int | None = None  # NVML, summed over the visible cards
     device_used_bytes: int | None = None
     device_free_bytes: int | None = None
+    device_max_used_bytes: int | None = None  # the fullest card: what thresholds and targets are checked against
+    devices: str = ""  # per card, ';'-joined "nvml_index:used_bytes/total_bytes"
+    attribution: str | None = None  # per-process split: "nvml" (pids matched), "inferred" (growth since before_load), None (no NVML)
     gpu_runner_bytes: int | None = None  # NVML per-process use, attributed
     gpu_this_process_bytes: int | None = None
     gpu_other_bytes: int | None = None
@@ -61,8 +65,10 @@ class MemorySnapshot:
 
 
 def bytes_in_use(row: dict) -> int:
-    """The figure compared with thresholds: device use where NVML exists, else model processes' RSS."""
-    if row.get("device_used_bytes") is not None:
+    """The figure compared with thresholds: the fullest card's use where NVML exists, else the model processes' RSS."""
+    if row.get("device_max_used_bytes") is not None:
+        return row["device_max_used_bytes"]
+    if row.get("device_used_bytes") is not None:  # a ledger written before per-card figures
         return row["device_used_bytes"]
     return row.get("runner_rss_bytes") or 0
 
@@ -91,6 +97,38 @@ def monitor_gpu_memory(stage: str, label: str, backend: Backend, platform: Platf
     if sys.platform == "darwin":
         snapshot.pressure_level = _macos_pressure_level()
     return snapshot
+
+
+class MemorySampler:
+    """While a model is resident, a thread reads memory every `interval_s`: the peaks between the fixed snapshots.
+
+    On an H200 the peak during embedding was twice the level right after the load. Samples are kept
+    in memory and stored by the caller when the model leaves (SQLite stays single-threaded).
+    """
+
+    def __init__(self, backend: Backend, platform: PlatformConfig, stage: str, model: str, before: MemorySnapshot, interval_s: float):
+        self._read = lambda: monitor_gpu_memory(stage, "sample", backend, platform, model)
+        self._before, self._interval_s = before, interval_s
+        self.samples: list[MemorySnapshot] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ragsweep-sampler-{model}", daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                sample = self._read()
+            except Exception:  # a backend that stopped answering: the stage itself will say so
+                continue
+            infer_attribution(sample, self._before)
+            self.samples.append(sample)
 
 
 RETURN_TOLERANCE = 256 * 1024**2  # device memory may differ this much from its pre-load level and count as back
@@ -144,25 +182,37 @@ def _rss_of(pids: list[int]) -> int:
 
 
 def _add_nvml(snapshot: MemorySnapshot, runner_pids: list[int]) -> None:
-    pynvml, handle = nvml.first_device()
-    if pynvml is None:
+    cards = nvml.read_devices()
+    if not cards:
         return
-    try:
-        info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-    except Exception:
-        return
-    snapshot.device_total_bytes, snapshot.device_used_bytes, snapshot.device_free_bytes = int(info.total), int(info.used), int(info.free)
+    snapshot.device_total_bytes = sum(c.total_bytes for c in cards)
+    snapshot.device_used_bytes = sum(c.used_bytes for c in cards)
+    snapshot.device_free_bytes = sum(c.free_bytes for c in cards)
+    snapshot.device_max_used_bytes = max(c.used_bytes for c in cards)
+    snapshot.devices = ";".join(f"{c.index}:{c.used_bytes}/{c.total_bytes}" for c in cards)
     runner = this = other = 0
-    for process in processes:
-        used = process.usedGpuMemory or 0  # None under WDDM: unknown, counted as 0 in the split
-        if process.pid == os.getpid():
+    pynvml = nvml.library()
+    for pid, used in (process for card in cards for process in card.processes):  # usedGpuMemory None (WDDM) was read as 0
+        if pid == os.getpid():
             this += used
-        elif process.pid in runner_pids or _process_name(pynvml, process.pid) in RUNNER_NAMES:
+        elif pid in runner_pids or _process_name(pynvml, pid) in RUNNER_NAMES:
             runner += used
         else:
             other += used
     snapshot.gpu_runner_bytes, snapshot.gpu_this_process_bytes, snapshot.gpu_other_bytes = runner, this, other
+    snapshot.attribution = "nvml"
+
+
+def infer_attribution(snapshot: MemorySnapshot, before: MemorySnapshot) -> None:
+    """Containers: NVML may list no process, or host pids this container cannot see. When no listed pid is a model's
+    but a model is loaded, the device's growth since `before` (the level before the load) is the model's: 'inferred'."""
+    if snapshot.attribution != "nvml" or snapshot.gpu_runner_bytes or not snapshot.backend_models:
+        return
+    if snapshot.device_used_bytes is None or before.device_used_bytes is None:
+        return
+    snapshot.gpu_runner_bytes = max(0, snapshot.device_used_bytes - before.device_used_bytes)
+    snapshot.gpu_other_bytes = max(0, (snapshot.gpu_other_bytes or 0) - snapshot.gpu_runner_bytes)
+    snapshot.attribution = "inferred"
 
 
 def _process_name(pynvml, pid: int) -> str:

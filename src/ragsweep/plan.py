@@ -41,6 +41,8 @@ class Plan:
     cached_embeddings: dict[str, int] = field(default_factory=dict)
     answer_seconds: dict[str, float] = field(default_factory=dict)
     expected_bytes: dict[str, int] = field(default_factory=dict)  # memory each model will take, for the fit check
+    splits_across_cards: bool = False  # the backend can spread one model over several cards (Ollama)
+    notes: list[str] = field(default_factory=list)  # what the backend wants the user to know before the run
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], judge: JudgeSpec | None) -> Plan:
@@ -105,7 +107,8 @@ def make_plan(
     backend.check()
     retrievers = [describe_retriever(backend, name) for name in retriever_names]
     llms = [backend.describe(name, "llm") for name in llm_names]
-    plan = Plan(retrievers, llms, questions, chunks, judge, top_k)
+    plan = Plan(retrievers, llms, questions, chunks, judge, top_k, splits_across_cards=backend.splits_across_cards)
+    plan.notes = backend.plan_notes(retrievers + llms)
     for retriever in retrievers:
         if needs_model(retriever.name):
             plan.cached_embeddings[retriever.name] = store.cached_embedding_count(retriever.digest)
@@ -119,22 +122,24 @@ def make_plan(
     return plan
 
 
+def fit(need: int | None, platform: PlatformConfig, splits: bool) -> str:
+    """Whether a model fits the card it would land on; or, where the backend splits a model across cards (Ollama), all of them."""
+    if need is None:
+        return "-"
+    budget = platform.pressure_threshold_bytes  # per card
+    if need < budget:
+        return f"yes (~{need / 1e9:.1f} GB)"
+    if splits and platform.device_count > 1 and need < budget * platform.device_count:
+        return f"yes, split over {platform.device_count} cards (~{need / 1e9:.1f} GB > {budget / 1e9:.1f} GB a card)"
+    return f"NO (~{need / 1e9:.1f} GB > {budget / 1e9:.1f} GB): a smaller num_ctx or partial offload (num_gpu) may fit"
+
+
 def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
     table = Table(title="plan: models", title_justify="left")
     for column in ("model", "kind", "digest", "size", "license", "fits memory", "cache / speed"):
         table.add_column(column, no_wrap=column != "license")
-    budget = platform.pressure_threshold_bytes
     for model in plan.retrievers + plan.llms:
-        need = plan.expected_bytes.get(model.name)
-        fits = (
-            "-"
-            if need is None
-            else (
-                f"yes (~{need / 1e9:.1f} GB)"
-                if need < budget
-                else f"NO (~{need / 1e9:.1f} GB > {budget / 1e9:.1f} GB): a smaller num_ctx or partial offload (num_gpu) may fit"
-            )
-        )
+        fits = fit(plan.expected_bytes.get(model.name), platform, plan.splits_across_cards)
         cached = (
             f"{plan.cached_embeddings[model.name]} vectors"
             if model.name in plan.cached_embeddings
@@ -152,6 +157,8 @@ def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
             cached,
         )
     console.print(table)
+    for note in plan.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
     console.print(
         f"matrix: {len(plan.retrievers)} retrievers × {len(plan.llms)} LLMs × {plan.questions} questions = {plan.samples} samples; "
         f"{plan.chunks} chunks; model loads: {plan.model_loads} (E + L); "

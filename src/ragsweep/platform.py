@@ -21,31 +21,32 @@ GB = 1024**3
 class PlatformConfig:
     device: str  # cuda | mps | cpu
     device_name: str
-    memory_total_bytes: int  # GPU memory on cuda; system memory on mps/cpu (unified)
+    memory_total_bytes: int  # GPU memory of one card (the smallest visible) on cuda; system memory on mps/cpu (unified)
     embed_batch_size: int  # texts per embedding request
     judge_concurrency: int  # judge calls in flight (the seed's parallel_metrics)
     pressure_threshold_bytes: int  # above this before a batch: clean up and halve the batch
     baseline_target_bytes: int  # device use expected between stages, all models unloaded
     unload_timeout_s: float  # how long to wait for memory to come back after an unload
+    device_count: int = 1  # visible cards; thresholds and targets apply to each card
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def detect_device() -> tuple[str, str, int]:
-    """(device, name, total memory in bytes)."""
+def detect_device() -> tuple[str, str, int, int]:
+    """(device, name, memory of one card or of the system in bytes, number of cards)."""
     cuda = _nvml_device()
     if cuda:
-        return "cuda", cuda[0], cuda[1]
+        return "cuda", *cuda
     total = psutil.virtual_memory().total
     if sys.platform == "darwin" and _platform.machine() == "arm64":
-        return "mps", "Apple Silicon (unified memory)", total
-    return "cpu", _platform.processor() or _platform.machine(), total
+        return "mps", "Apple Silicon (unified memory)", total, 1
+    return "cpu", _platform.processor() or _platform.machine(), total, 1
 
 
 def get_platform_config(**overrides) -> PlatformConfig:
     """Seed defaults per device (a 12 GB card: clean at 10 GB, baseline < 2 GB); overrides win."""
-    device, name, total = detect_device()
+    device, name, total, cards = detect_device()
     if device == "cuda":
         # The seed's targets for a 12 GB card, scaled to the card actually present.
         defaults = dict(
@@ -61,14 +62,16 @@ def get_platform_config(**overrides) -> PlatformConfig:
             pressure_threshold_bytes=int(total * 0.85),
             baseline_target_bytes=int(total * 0.5),  # unified memory: other programs share it
         )
-    defaults.update(device=device, device_name=name, memory_total_bytes=total, unload_timeout_s=30.0)
+    defaults.update(device=device, device_name=name, memory_total_bytes=total, unload_timeout_s=30.0, device_count=cards)
     defaults.update({key: value for key, value in overrides.items() if value is not None})
     return PlatformConfig(**defaults)
 
 
-def _nvml_device() -> tuple[str, int] | None:
-    pynvml, handle = nvml.first_device()
-    if pynvml is None:
+def _nvml_device() -> tuple[str, int, int] | None:
+    """(name, memory of the smallest visible card, number of visible cards): thresholds hold on every card."""
+    cards = nvml.read_devices()
+    if not cards:
         return None
-    name = pynvml.nvmlDeviceGetName(handle)
-    return (name.decode() if isinstance(name, bytes) else name), int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
+    smallest = min(cards, key=lambda card: card.total_bytes)
+    names = sorted({card.name for card in cards})
+    return (" + ".join(names) if len(cards) == 1 else f"{len(cards)} × {' + '.join(names)}"), smallest.total_bytes, len(cards)

@@ -210,6 +210,19 @@ def render_markdown(report: RunReport) -> str:
         lines += judge_noise_lines(report)
     lines += ["", "## Memory", "", f"Measured as {memory['source']}, in GB.", "", "### Targets", ""]
     lines += [f"- [{'x' if ok else ' '}] {name} ({detail})" for name, ok, detail in memory["targets"]]
+    if memory["samples"]:
+        lines += ["", f"Peaks include {memory['samples']} samples taken while models were resident, between the fixed snapshots."]
+    if memory["inferred"]:
+        lines += [
+            "",
+            "NVML listed no model process (a container's pid namespace): each model's GPU use is inferred as the "
+            "device's growth since just before its load (attribution 'inferred' in memory.csv).",
+        ]
+    if len(memory["cards"]) > 1:
+        lines += ["", "### Peak per card", ""]
+        lines += _md_table(
+            ["card (NVML index)", "peak GB", "of GB"], [[i, gb(peak), gb(total)] for i, (peak, total) in sorted(memory["cards"].items())]
+        )
     lines += ["", "### Peak per stage", ""]
     lines += _md_table(["stage", "peak GB"], [[stage, gb(peak)] for stage, peak in memory["peaks"].items()])
     lines += ["", "### After each unload", ""]

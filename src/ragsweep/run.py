@@ -140,7 +140,7 @@ def _start(run_id: str, settings: Settings, platform: PlatformConfig, backend: B
     run_dir.mkdir(parents=True, exist_ok=True)
     _log_to(run_dir / "run.log")
     store.mark_abandoned_runs()  # we hold the lock: any run still "running" was killed
-    runlog = RunLog(run_id, run_dir, store, platform)
+    runlog = RunLog(run_id, run_dir, store, platform, settings.memory_sample_s)
     backend.log_path = run_dir / "models.log"
     backend.on_retry = lambda cause, message, attempt: runlog.event(Event.RETRY, cause=cause, attempt=attempt, message=message)
     return RunContext(run_id, run_dir, settings, platform, backend, store, runlog, quiet=quiet)

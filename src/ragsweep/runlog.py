@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import EVENTS_SCHEMA_VERSION, Event
-from .memory import MemorySnapshot, monitor_gpu_memory
+from .memory import MemorySnapshot, infer_attribution, monitor_gpu_memory
 from .platform import PlatformConfig
 from .redact import redact_all
 from .store import Store
@@ -18,11 +18,12 @@ log = logging.getLogger("ragsweep")
 
 
 class RunLog:
-    def __init__(self, run_id: str, run_dir: Path, store: Store, platform: PlatformConfig):
+    def __init__(self, run_id: str, run_dir: Path, store: Store, platform: PlatformConfig, sample_interval_s: float = 1.0):
         self.run_id = run_id
         self.run_dir = run_dir
         self.store = store
         self.platform = platform
+        self.sample_interval_s = sample_interval_s  # how often the memory sampler reads while a model is resident
         self._seq = 0
         self._events_file = (run_dir / "events.jsonl").open("a", encoding="utf-8")
 
@@ -42,11 +43,18 @@ class RunLog:
         self._events_file.flush()  # tail -f friendly; survives a crash
         log.info("%s %s %s %s", event, stage or "", model or "", {k: v for k, v in record.items() if k in data} or "")
 
-    def snapshot(self, stage: str, label: str, backend, model: str | None = None) -> MemorySnapshot:
+    def snapshot(self, stage: str, label: str, backend, model: str | None = None, before: MemorySnapshot | None = None) -> MemorySnapshot:
+        """One ledger row; with `before` (the level before the load), a container's missing pids are inferred."""
         snapshot = monitor_gpu_memory(stage, label, backend, self.platform, model)
-        self._seq += 1
-        self.store.add_snapshot(self.run_id, self._seq, snapshot.row())
+        if before is not None:
+            infer_attribution(snapshot, before)
+        self.add_snapshots([snapshot])
         return snapshot
+
+    def add_snapshots(self, snapshots: list[MemorySnapshot]) -> None:
+        for snapshot in snapshots:
+            self._seq += 1
+            self.store.add_snapshot(self.run_id, self._seq, snapshot.row())
 
     def close(self) -> None:
         self._events_file.close()

@@ -301,7 +301,7 @@ class Store:
         return [json.loads(row["data"]) for row in self.db.execute("SELECT data FROM events WHERE run_id = ? ORDER BY seq", (run_id,))]
 
     def snapshots(self, run_id: str) -> list[dict[str, Any]]:
-        return [json.loads(row["data"]) for row in self.db.execute("SELECT data FROM memory WHERE run_id = ? ORDER BY seq", (run_id,))]
+        return [json.loads(row["data"]) for row in self.db.execute("SELECT data FROM memory WHERE run_id = ? ORDER BY t, seq", (run_id,))]
 
 
 def is_storage_full(error: BaseException) -> bool:

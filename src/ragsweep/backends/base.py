@@ -114,6 +114,7 @@ class Backend(ABC):
     runs_locally: bool  # models live in child processes of this one (their RSS is ours to read)
     log_path: Path | None = None  # where model processes write their own output (the run's models.log), if they have any
     embedding_fallbacks: bool = False  # the out-of-memory ladder may load an embedding model in fp16, then on the CPU
+    splits_across_cards: bool = False  # one model may be spread over several cards (the plan's fit check counts them all)
     on_retry: RetryHook = staticmethod(lambda cause, message, attempt: None)  # called before each backoff; the run logs it
 
     @classmethod
@@ -137,6 +138,10 @@ class Backend(ABC):
     @abstractmethod
     def unload(self, name: str) -> None:
         """Ask for the model to leave memory (may return before it has)."""
+
+    def plan_notes(self, models: list[ModelInfo]) -> list[str]:
+        """Warnings for the plan about how these models will run here (say, on the CPU although a GPU exists)."""
+        return []
 
     def versions(self) -> dict[str, str]:
         """Versions of the software that runs the models, for run.json."""

@@ -11,6 +11,8 @@ import difflib
 import hashlib
 import importlib.util
 import multiprocessing
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -113,8 +115,16 @@ class LocalBackend(Backend):
         self._resident[info.name] = model
         return model
 
+    def plan_notes(self, models: list[ModelInfo]) -> list[str]:
+        """A CPU-only llama-cpp-python build runs the LLMs on the CPU even on a CUDA box, silently: say so."""
+        if self.device != "cuda" or not any(m.details.get("engine") == "llama.cpp" for m in models) or llama_cpp_offloads():
+            return []
+        return [f"llama-cpp-python here is a CPU-only build: the LLMs will run on the CPU, not the GPU — rebuild it: {LLAMA_CUDA_REBUILD}"]
+
     def loaded(self) -> list[LoadedInfo]:
-        return [LoadedInfo(name, None, None, model.pid) for name, model in self._resident.items() if model.alive]
+        return [
+            LoadedInfo(name, None, None, model.pid) for name, model in list(self._resident.items()) if model.alive
+        ]  # copy: the sampler reads from a thread
 
     def unload(self, name: str) -> None:
         model = self._resident.get(name)
@@ -211,6 +221,19 @@ class LocalProcessModel(LoadedModel):
 
 # What a child's error says when the device ran out: torch's OutOfMemoryError and its message, llama.cpp's allocators.
 OOM_MARKERS = ("outofmemoryerror", "out of memory", "failed to allocate", "cudamalloc failed", "unable to allocate", "alloc_buffer: failed")
+
+
+LLAMA_CUDA_REBUILD = 'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36'
+
+
+def llama_cpp_offloads() -> bool:
+    """Whether llama-cpp-python can put layers on a GPU; asked in a child so this process never loads a GPU backend."""
+    probe = "import llama_cpp; print(bool(llama_cpp.llama_supports_gpu_offload()))"
+    try:
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.stdout.strip() == "True"
 
 
 def classify(message: str) -> str:

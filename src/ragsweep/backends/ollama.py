@@ -76,6 +76,7 @@ def _is_transient(error: BaseException) -> bool:
 class OllamaBackend(Backend):
     name = "ollama"
     runs_locally = False
+    splits_across_cards = True  # Ollama spreads a model that does not fit one card over several
 
     def __init__(self, host: str, request_timeout_s: float, down_retry_s: float, retries: int = 3):
         self.client = httpx.Client(base_url=normalize_host(host), timeout=httpx.Timeout(request_timeout_s, connect=5.0))
