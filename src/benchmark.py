@@ -20,7 +20,8 @@ import sys
 from rich.console import Console
 
 from ragsweep import cli, errors
-from ragsweep.backends import get_backend
+from ragsweep.cluster import backend_for, fill_answers, fill_embeddings
+from ragsweep.cluster_worker import serve
 from ragsweep.config import Settings, load_env_file, load_settings
 from ragsweep.errors import RagsweepError
 from ragsweep.generation import generate
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["report"]:
             return report_command(cli.build_report_parser().parse_args(argv[1:]))
+        if argv[:1] == ["worker"]:  # a GPU box serving a --cluster run
+            return serve(cli.build_worker_parser().parse_args(argv[1:]))
         args = cli.build_parser().parse_args(argv)
         load_env_file()  # .env in the working directory; real environment variables win
         settings = load_settings(args.config, cli.settings_from(args))
@@ -63,7 +66,7 @@ def sweep(settings: Settings, args: argparse.Namespace, out: Console) -> int:
     judge_spec = resolve_judge(settings, platform.judge_concurrency)
     if judge_spec:
         require_judge_packages()
-    backend = get_backend(settings, platform.device)
+    backend = backend_for(settings, platform.device)  # with --cluster: the GPU boxes of a Dask scheduler
     store = Store(settings.results_dir / "ragsweep.sqlite")
     if args.retry_failed:
         return retry_failed(settings, platform, backend, store, judge_spec, out)
@@ -78,10 +81,12 @@ def sweep(settings: Settings, args: argparse.Namespace, out: Console) -> int:
     with open_run(settings, platform, backend, store, plan, questions, quiet=args.quiet) as run:
         clean_state(backend, run.log, "plan")  # nothing left over from before this run
 
-        with run.timed("retrieve_s"):  # retrieve: each embedding model loaded once
+        with run.timed("retrieve_s"):  # retrieve: each embedding model loaded once (with --cluster, on a box, in parallel)
+            fill_embeddings(run, plan.retrievers, chunks, questions)
             usable = retrieve_all(run, plan.retrievers, chunks, questions)
 
         with run.timed("generate_s"):  # generate: each LLM loaded once, answers under every retriever's contexts
+            fill_answers(run, plan.llms, usable, questions)
             for llm in plan.llms:
                 generate(run, llm, usable, questions)
 

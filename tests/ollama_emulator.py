@@ -84,6 +84,7 @@ CATALOGUE = {
         ModelCard("llama3.2:3b", "llama", "completion", int(2.0 * GB), int(3.4 * GB), 448 * MIB, "3.2B", "Q4_K_M", 131072, 0, 28),
         ModelCard("qwen2.5:7b", "qwen2", "completion", int(4.7 * GB), int(5.6 * GB), 224 * MIB, "7.6B", "Q4_K_M", 32768, 0, 28),
         ModelCard("mistral:7b", "llama", "completion", int(4.1 * GB), int(5.6 * GB), 512 * MIB, "7.2B", "Q4_0", 32768, 0, 32),
+        ModelCard("phi3:mini", "phi3", "completion", int(2.2 * GB), int(3.0 * GB), 384 * MIB, "3.8B", "Q4_0", 4096, 0, 32),
     ]
 }
 

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=float, help="stop after N failed samples (or a share, e.g. 0.2)")
     p.add_argument("--fresh", action="store_true", default=None, help="ignore cached embeddings and answers")
     p.add_argument("--baseline", help="an earlier run id: report.html compares against it")
+    p.add_argument("--cluster", help="Dask scheduler address (tcp://HEAD:8786): run model stages on its GPU boxes")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--quiet", action="store_true", help="print only the final summary line")
     return p
@@ -49,6 +50,20 @@ def build_report_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", help="compare against this earlier run")
     p.add_argument("--config", type=Path, help="YAML settings file (for results_dir)")
     p.add_argument("--results-dir", help="where runs and the results database are")
+    return p
+
+
+def build_worker_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark.py worker", description="Serve this GPU box to a ragsweep cluster run (a Dask worker).")
+    p.add_argument("scheduler", help="the Dask scheduler's address, e.g. tcp://127.0.0.1:8786 through an SSH tunnel")
+    p.add_argument("--name", required=True, help="this box's name in the ledger and the report")
+    p.add_argument("--gpus", type=int, default=1, help="model stages this box runs at once (one per card it gives)")
+    p.add_argument("--backend", choices=list(BACKENDS), help="where this box's models run (default: the head's --backend)")
+    p.add_argument("--ollama-host", help="this box's Ollama (default: OLLAMA_HOST, else http://localhost:11434)")
+    p.add_argument("--port", type=int, help="listen on 127.0.0.1:PORT, for a reverse SSH tunnel (ssh -R PORT:127.0.0.1:PORT head)")
+    p.add_argument("--tls-ca-file", help="Dask TLS: the CA that signed the scheduler's and this box's certificates")
+    p.add_argument("--tls-cert", help="Dask TLS: this box's certificate")
+    p.add_argument("--tls-key", help="Dask TLS: this box's private key")
     return p
 
 

@@ -35,6 +35,7 @@ ENV_VARS = {
     "RAGSWEEP_JUDGE": "judge",
     "RAGSWEEP_RESULTS_DIR": "results_dir",
     "OLLAMA_HOST": "ollama_host",
+    "RAGSWEEP_CLUSTER": "cluster",
 }
 LIST_FIELDS = {"llms", "embeddings"}
 PATH_FIELDS = {"corpus", "testset", "results_dir"}
@@ -90,6 +91,11 @@ class Settings(BaseModel):
     trust_remote_code: bool = False  # load custom modules a sentence-transformers folder names in modules.json (only folders you trust)
     fresh: bool = False  # ignore the caches (recompute everything; results are still cached for next time)
     results_dir: Path = REPO_ROOT / "results"
+    cluster: str | None = None  # a Dask scheduler (tcp://HEAD:8786 or tls://…): model stages run on its GPU boxes; None = here
+    cluster_wait_s: float = Field(default=60.0, gt=0)  # how long to wait for a box with a free gpu slot (at start, or after losing all)
+    cluster_tls_ca_file: Path | None = None  # Dask TLS for boxes that cannot tunnel: the CA, this head's certificate and key
+    cluster_tls_cert: Path | None = None
+    cluster_tls_key: Path | None = None
     ollama_host: str = "http://localhost:11434"
 
     @field_validator("max_failures")

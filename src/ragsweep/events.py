@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-EVENTS_SCHEMA_VERSION = 1
-COMMON_FIELDS = "schema_version, event, stage (plan|retrieve|generate|judge or null), model (or null), t (unix seconds)"
+EVENTS_SCHEMA_VERSION = 2  # 2: every line says its box
+COMMON_FIELDS = (
+    "schema_version, event, stage (plan|retrieve|generate|judge or null), model (or null), t (unix seconds), "
+    "box (the machine: a cluster box's name, else this host)"
+)
 
 
 class Event(StrEnum):

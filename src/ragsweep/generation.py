@@ -35,17 +35,9 @@ class PendingAnswer:
 def generate(ctx: RunContext, llm: ModelInfo, retrievers: list[str], questions: list[Question]) -> None:
     ctx.log.event(Event.STAGE_START, STAGE, llm.name)
     options = ctx.generation_options
-    pending: dict[str, PendingAnswer] = {}  # cache key -> prompt and samples
-    for retriever in retrievers:
-        contexts = ctx.store.retrievals(ctx.run_id, retriever)
-        for question in questions:
-            prompt = build_prompt(question.question, contexts[question.id]["contexts"])
-            key = hashlib.sha256(f"{llm.digest}|{options.key()}|{prompt.key()}".encode()).hexdigest()
-            cached = None if ctx.settings.fresh else ctx.store.cached_answer(key)
-            if cached:
-                _store_answer(ctx, retriever, llm, question, cached, cached_hit=True)
-            else:
-                pending.setdefault(key, PendingAnswer(prompt)).samples.append((retriever, question))
+    pending = pending_answers(ctx, llm, retrievers, questions, store_cached=True)
+    generated = len(pending)
+    _take_prefilled(ctx, llm, pending)
     if pending:
         try:
             with resident_model(ctx.backend, llm, STAGE, ctx.log, options) as resident:
@@ -54,7 +46,40 @@ def generate(ctx: RunContext, llm: ModelInfo, retrievers: list[str], questions: 
             _fail_unanswered(ctx, llm, pending, error)
     else:
         ctx.log.event(Event.MODEL_SKIPPED, STAGE, llm.name, reason="all answers cached")
-    ctx.log.event(Event.STAGE_END, STAGE, llm.name, answers=len(retrievers) * len(questions), generated=len(pending))
+    ctx.log.event(Event.STAGE_END, STAGE, llm.name, answers=len(retrievers) * len(questions), generated=generated)
+
+
+def pending_answers(
+    ctx: RunContext, llm: ModelInfo, retrievers: list[str], questions: list[Question], store_cached: bool = False
+) -> dict[str, PendingAnswer]:
+    """Every prompt the LLM still has to answer (a cache miss), keyed by its cache key, with the samples that need it.
+
+    With `store_cached`, the samples whose answer is cached are stored as they are found.
+    """
+    options = ctx.generation_options
+    pending: dict[str, PendingAnswer] = {}
+    for retriever in retrievers:
+        contexts = ctx.store.retrievals(ctx.run_id, retriever)
+        for question in questions:
+            prompt = build_prompt(question.question, contexts[question.id]["contexts"])
+            key = hashlib.sha256(f"{llm.digest}|{options.key()}|{prompt.key()}".encode()).hexdigest()
+            cached = None if ctx.settings.fresh else ctx.store.cached_answer(key)
+            if cached and store_cached:
+                _store_answer(ctx, retriever, llm, question, cached, cached_hit=True)
+            elif not cached:
+                pending.setdefault(key, PendingAnswer(prompt)).samples.append((retriever, question))
+    return pending
+
+
+def _take_prefilled(ctx: RunContext, llm: ModelInfo, pending: dict[str, PendingAnswer]) -> None:
+    """Answers a cluster box made but could not cache (degraded settings), and calls that failed there: stored, not asked again."""
+    for key in [key for key in pending if key in ctx.prefilled]:
+        work, made = pending.pop(key), ctx.prefilled.pop(key)
+        if isinstance(made, ModelCallError):
+            _fail(ctx, llm, work.samples, made)
+        else:
+            for retriever, question in work.samples:
+                _store_answer(ctx, retriever, llm, question, made, cached_hit=False)
 
 
 def _answer_all(ctx: RunContext, resident: Resident, pending: dict[str, PendingAnswer]) -> None:

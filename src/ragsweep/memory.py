@@ -55,6 +55,7 @@ class MemorySnapshot:
     backend_loaded_vram_bytes: int | None = None  # ... and how much of it is on the GPU
     backend_models: str = ""  # ';'-joined names the backend reports loaded
     pressure_level: int | None = None  # macOS: 1 normal, 2 warn, 4 critical
+    box: str = ""  # the machine (a cluster box's name); filled in when the row is stored
 
     def row(self) -> dict:
         return asdict(self)

@@ -113,7 +113,7 @@ def _bm25_rank(ctx: RunContext, chunks: list[Chunk], questions: list[Question], 
 
 
 def _dense_rank(ctx: RunContext, retriever: ModelInfo, chunks: list[Chunk], questions: list[Question], k: int) -> list[list[int]]:
-    vectors = _embeddings(ctx, retriever, [c.text for c in chunks] + [q.question for q in questions])
+    vectors = _embeddings(ctx, retriever, texts_to_embed(chunks, questions))
     corpus, queries = vectors[: len(chunks)], vectors[len(chunks) :]
     similarity = queries @ corpus.T  # vectors are L2-normalised: dot product = cosine
     top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
@@ -121,43 +121,66 @@ def _dense_rank(ctx: RunContext, retriever: ModelInfo, chunks: list[Chunk], ques
     return np.take_along_axis(top, order, axis=1).tolist()
 
 
-def _halve_batch(ctx: RunContext, retriever: ModelInfo, batch_size: int, error: ModelCallError) -> int:
-    """Out of memory mid-embed: activations scale with the batch, so half the batch for the rest of the stage."""
-    smaller = max(1, batch_size // 2)
-    ctx.log.event(Event.OUT_OF_MEMORY, STAGE, retriever.name, step=f"batch {batch_size} → {smaller}", message=str(error))
-    return smaller
+def text_hash(text: str) -> str:
+    """The embedding cache's key for a text (with the model digest)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def texts_to_embed(chunks: list[Chunk], questions: list[Question]) -> list[str]:
+    """What a dense retriever embeds: every chunk, then every question."""
+    return [c.text for c in chunks] + [q.question for q in questions]
+
+
+def missing_texts(ctx: RunContext, retriever: ModelInfo, chunks: list[Chunk], questions: list[Question]) -> dict[str, str]:
+    """text hash -> text, for what this retriever's cache does not hold yet (everything under --fresh)."""
+    by_hash = {text_hash(text): text for text in texts_to_embed(chunks, questions)}
+    cached = {} if ctx.settings.fresh else ctx.store.cached_embeddings(retriever.digest, list(by_hash))
+    return {h: text for h, text in by_hash.items() if h not in cached}
+
+
+def embed_in_batches(resident, backend, log, stage: str, texts: dict[str, str], batch_size: int, keep, should_stop=lambda: False) -> None:
+    """Embed `texts` (hash -> text) with a resident model, handing each batch to keep(hashes, vectors, seconds) as it is done.
+
+    Under memory pressure the batch is halved once for the stage (other models unloaded); out of
+    memory mid-call, it is halved and the same texts are tried again, down to 1, in the same process.
+    """
+    pending, halved = list(texts), False
+    while pending and not should_stop():
+        if not halved:  # once per stage: a smaller batch frees activations, not the weights
+            smaller = relieve_pressure(backend, log, stage, resident.info.name, batch_size)
+            halved, batch_size = smaller != batch_size, smaller
+        batch = pending[:batch_size]
+        try:
+            batch_vectors, seconds = resident.call("embed", [texts[h] for h in batch])
+        except ModelCallError as error:
+            if error.cause != "out_of_memory" or batch_size == 1:
+                raise
+            smaller = max(1, batch_size // 2)  # activations scale with the batch
+            log.event(Event.OUT_OF_MEMORY, stage, resident.info.name, step=f"batch {batch_size} → {smaller}", message=str(error))
+            batch_size = smaller
+            continue
+        keep(batch, batch_vectors, seconds)
+        pending = pending[len(batch) :]
 
 
 def _embeddings(ctx: RunContext, retriever: ModelInfo, texts: list[str]) -> np.ndarray:
     """Vectors for `texts`, from the cache where possible; the model is loaded only for the rest."""
-    hashes = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
+    hashes = [text_hash(text) for text in texts]
     vectors = {} if ctx.settings.fresh else ctx.store.cached_embeddings(retriever.digest, hashes)
-    missing = list(dict.fromkeys(h for h in hashes if h not in vectors))
+    missing = {h: text for h, text in zip(hashes, texts, strict=True) if h not in vectors}
     if missing:
-        text_of = dict(zip(hashes, texts, strict=True))
-        batch_size = ctx.platform.embed_batch_size
+
+        def keep(batch: list[str], batch_vectors: np.ndarray, seconds: float) -> None:
+            ctx.model_call_s += seconds
+            ctx.store.put_embeddings(retriever.digest, list(zip(batch, batch_vectors, strict=True)))
+            vectors.update(zip(batch, batch_vectors, strict=True))
+            progress.advance(len(batch))
+
         with (
             resident_model(ctx.backend, retriever, STAGE, ctx.log) as resident,
             bar(f"embed {retriever.name}", len(missing), ctx.quiet) as progress,
         ):
-            done, halved = 0, False
-            while done < len(missing):
-                if not halved:  # once per stage: a smaller batch frees activations, not the weights
-                    smaller = relieve_pressure(ctx.backend, ctx.log, STAGE, resident.info.name, batch_size)
-                    halved, batch_size = smaller != batch_size, smaller
-                batch = missing[done : done + batch_size]
-                try:
-                    batch_vectors, seconds = resident.call("embed", [text_of[h] for h in batch])
-                except ModelCallError as error:
-                    if error.cause != "out_of_memory" or batch_size == 1:
-                        raise
-                    batch_size = _halve_batch(ctx, retriever, batch_size, error)  # the same texts again, in smaller batches
-                    continue
-                ctx.model_call_s += seconds
-                ctx.store.put_embeddings(retriever.digest, list(zip(batch, batch_vectors, strict=True)))
-                vectors.update(zip(batch, batch_vectors, strict=True))
-                done += len(batch)
-                progress.advance(len(batch))
+            embed_in_batches(resident, ctx.backend, ctx.log, STAGE, missing, ctx.platform.embed_batch_size, keep)
     else:
         ctx.log.event(Event.MODEL_SKIPPED, STAGE, retriever.name, reason="all embeddings cached")
     return np.stack([vectors[h] for h in hashes])

@@ -59,6 +59,7 @@ class RunContext:
     summary: list[dict[str, Any]] = field(default_factory=list)  # per combination, once the exports are written
     outcome: Outcome | None = None  # set when the run is closed
     reopened: dict[str, Any] | None = None  # the stored run a --retry-failed re-opened (its status before), else None
+    prefilled: dict[str, Any] = field(default_factory=dict)  # answer cache key -> an answer a cluster box made uncacheable, or its error
 
     def count_failures(self, n: int, budgeted: bool = True) -> None:
         """Failed samples; past the budget the run stops (a model that cannot load is skipped, not budgeted)."""

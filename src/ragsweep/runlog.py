@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ class RunLog:
         self.store = store
         self.platform = platform
         self.sample_interval_s = sample_interval_s  # how often the memory sampler reads while a model is resident
+        self.box = socket.gethostname()  # events and snapshots say which machine they happened on (a cluster box says its own)
         self._seq = 0
         self._events_file = (run_dir / "events.jsonl").open("a", encoding="utf-8")
 
@@ -35,6 +37,7 @@ class RunLog:
             "stage": stage,
             "model": model,
             "t": round(time.time(), 3),
+            "box": data.pop("box", self.box),
             **redact_all(data),  # a message may quote a URL with its password
         }
         self._seq += 1
@@ -52,9 +55,13 @@ class RunLog:
         return snapshot
 
     def add_snapshots(self, snapshots: list[MemorySnapshot]) -> None:
-        for snapshot in snapshots:
+        self.add_snapshot_rows([{**snapshot.row(), "box": snapshot.row().get("box") or self.box} for snapshot in snapshots])
+
+    def add_snapshot_rows(self, rows) -> None:
+        """Ledger rows as they are (a cluster box's, which carry its name)."""
+        for row in rows:
             self._seq += 1
-            self.store.add_snapshot(self.run_id, self._seq, snapshot.row())
+            self.store.add_snapshot(self.run_id, self._seq, row)
 
     def close(self) -> None:
         self._events_file.close()

@@ -1,0 +1,187 @@
+"""A GPU box's side of a cluster run: a Dask worker that runs one model stage at a time, as on a single machine.
+
+`python src/benchmark.py worker tcp://HEAD:8786 --name box-a` starts it: one thread, resource
+gpu=N, this box's own Ollama (or the local backend). A stage task loads its model once, streams
+every result, event and memory snapshot to the head, unloads and verifies, and never opens the
+head's database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import get_backend
+from .backends.base import GenerationOptions, ModelInfo, Prompt
+from .config import Settings
+from .errors import BackendUnavailableError, ModelCallError, ModelUnavailableError, RagsweepError
+from .events import Event
+from .lifecycle import resident_model
+from .memory import MemorySnapshot
+from .platform import get_platform_config
+from .retrieval import embed_in_batches
+from .runlog import RunLog
+
+ENV = {"name": "RAGSWEEP_WORKER_NAME", "backend": "RAGSWEEP_WORKER_BACKEND", "ollama_host": "RAGSWEEP_WORKER_OLLAMA_HOST"}
+PACKAGES = ("numpy", "torch", "sentence-transformers", "llama-cpp-python", "httpx", "pydantic")  # must match the head's
+
+
+def serve(args) -> int:
+    """The `worker` subcommand: a Dask worker with one thread and `--gpus` gpu slots, until the scheduler goes away."""
+    import dask
+    from distributed import Worker
+
+    from .cluster import security
+
+    dask.config.set({"distributed.diagnostics.nvml": False})  # ragsweep reads NVML itself; Dask's monitor would poll it for a dashboard
+    for key, value in (("name", args.name), ("backend", args.backend), ("ollama_host", args.ollama_host)):
+        if value:
+            os.environ[ENV[key]] = value  # the stage tasks run in this process: they read this box's settings here
+    tls = security(args.tls_ca_file, args.tls_cert, args.tls_key)
+    tunnel = {"host": "127.0.0.1", "port": args.port, "contact_address": f"tcp://127.0.0.1:{args.port}"} if args.port else {}
+
+    async def run() -> None:
+        async with Worker(
+            args.scheduler, nthreads=1, resources={"gpu": args.gpus}, name=args.name, security=tls, dashboard=False, **tunnel
+        ) as w:
+            await w.finished()
+
+    try:
+        asyncio.run(run())
+    except (OSError, RuntimeError, TimeoutError) as error:  # the scheduler is not there, or went away
+        raise BackendUnavailableError(
+            f"box {args.name}: cannot serve the Dask scheduler at {args.scheduler} ({error}) — start `dask scheduler` on the head, "
+            "or check the SSH tunnel"
+        ) from None
+    return 0
+
+
+def box_name() -> str:
+    return os.environ.get(ENV["name"]) or socket.gethostname()
+
+
+def box_settings(head: dict[str, Any]) -> Settings:
+    """The head's settings, with this box's backend and Ollama (--ollama-host, else OLLAMA_HOST, else localhost)."""
+    host = os.environ.get(ENV["ollama_host"]) or os.environ.get("OLLAMA_HOST") or "http://localhost:11434"
+    values = {**head, "backend": os.environ.get(ENV["backend"]) or head["backend"], "ollama_host": host, "cluster": None}
+    return Settings.model_validate(values)
+
+
+def identity() -> dict[str, str]:
+    """What must be the same on every box and the head: ragsweep's own sources, and the model libraries."""
+    sources = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        sources.update(path.read_bytes())
+    found = {"box": box_name(), "ragsweep": sources.hexdigest()[:16]}
+    for package in PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+def facts() -> dict[str, Any]:
+    """What the head's plan shows of this box."""
+    platform = get_platform_config()
+    return {
+        "memory_gb": platform.memory_total_bytes * platform.device_count / 1e9,
+        "device": platform.device,
+        "ragsweep": identity()["ragsweep"],
+    }
+
+
+def describe_on_box(head: dict[str, Any], name: str, kind: str) -> dict | str:
+    """The model as this box's backend knows it (digest, size), or why it cannot be used here."""
+    settings = box_settings(head)
+    try:
+        backend = get_backend(settings, get_platform_config().device)
+        backend.check()
+        return asdict(backend.describe(name, kind))
+    except RagsweepError as error:
+        return str(error)
+
+
+class QueueLog(RunLog):
+    """A RunLog whose events and snapshots go to the head through the stage's queue, each marked with this box."""
+
+    def __init__(self, queue, platform, sample_interval_s: float, box: str):
+        self.queue, self.platform, self.sample_interval_s, self.box = queue, platform, sample_interval_s, box
+
+    def event(self, event: Event, stage: str | None = None, model: str | None = None, **data: Any) -> None:
+        self.queue.put(("event", model, str(Event(event)), stage, {**data, "box": self.box}))
+
+    def add_snapshots(self, snapshots: list[MemorySnapshot]) -> None:
+        if snapshots:
+            self.queue.put(("snapshot", None, *[{**snapshot.row(), "box": self.box} for snapshot in snapshots]))
+
+    def close(self) -> None:
+        pass
+
+
+def run_stage_on_box(job: dict[str, Any]) -> dict[str, int]:
+    """A Dask task: one model's stage on this box (gpu=1), skipping what the head already has (a rescheduled task)."""
+    from distributed import Event as DaskEvent
+    from distributed import Queue, Variable
+
+    settings = box_settings(job["settings"])
+    platform = get_platform_config(**settings.platform_overrides())
+    backend = get_backend(settings, platform.device)
+    queue, stop = Queue(job["queue"]), DaskEvent(job["stop"])
+    have = set(Variable(job["done"]).get() or [])
+    log = QueueLog(queue, platform, settings.memory_sample_s, box_name())
+    backend.on_retry = lambda cause, message, attempt: log.event(Event.RETRY, job["stage"], cause=cause, attempt=attempt, message=message)
+    info = ModelInfo(**job["info"])
+    if job["kind"] == "embed":
+        return _embed(job, backend, log, info, queue, stop, have)
+    return _answer(job, backend, log, info, queue, stop, have)
+
+
+def _embed(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> dict[str, int]:
+    texts = {h: text for h, text in job["texts"].items() if h not in have}
+
+    def send(hashes: list[str], vectors: np.ndarray, seconds: float) -> None:
+        queue.put(
+            (
+                "vectors",
+                info.name,
+                info.digest,
+                [(h, np.asarray(v, dtype=np.float32).tobytes()) for h, v in zip(hashes, vectors, strict=True)],
+            )
+        )
+
+    with resident_model(backend, info, job["stage"], log) as resident:
+        embed_in_batches(resident, backend, log, job["stage"], texts, job["batch_size"], send, should_stop=stop.is_set)
+    return {"texts": len(texts)}
+
+
+def _answer(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> dict[str, int]:
+    prompts = {key: Prompt(**prompt) for key, prompt in job["prompts"].items() if key not in have}
+    options = GenerationOptions(**{**job["options"], "stop": tuple(job["options"]["stop"])})
+    with resident_model(backend, info, job["stage"], log, options) as resident:
+        for key, prompt in prompts.items():
+            if stop.is_set():  # the head was interrupted: leave the stage, which unloads the model
+                break
+            try:
+                result = resident.call("generate", prompt)
+            except ModelUnavailableError:
+                raise
+            except ModelCallError as error:
+                queue.put(("failed", info.name, key, error.cause, str(error)))
+                continue
+            answer = {
+                "text": result.text,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "seconds": result.seconds,
+            }
+            queue.put(("answer", info.name, key, info.digest, answer, resident.degraded))
+    return {"prompts": len(prompts)}

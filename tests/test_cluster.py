@@ -1,0 +1,210 @@
+"""Several boxes, one sweep: a real Dask scheduler, real `benchmark.py worker` processes, each box with its own Ollama emulator."""
+
+import csv
+import json
+import socket
+import subprocess
+import time
+from collections import Counter
+
+import pytest
+
+from cli import command, emulated_gpu_env, latest_run_dir, matrix, ollama_flags, run_cli, start_cli
+from conftest import DEMO
+from ollama_emulator import OllamaEmulator
+
+distributed = pytest.importorskip("distributed")
+
+LLMS, EMBEDDINGS = "llama3.2:3b,qwen2.5:7b", "nomic-embed-text,all-minilm"
+
+
+@pytest.fixture
+def scheduler():
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1", scheduler_port=0, dashboard_address=None
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+def start_box(address: str, name: str, emu: OllamaEmulator) -> subprocess.Popen:
+    env = emulated_gpu_env(emu)  # this box's NVML reads this box's emulated card
+    return subprocess.Popen(
+        command("worker", address, "--name", name, "--backend", "ollama", "--ollama-host", emu.url),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(address: str, count: int) -> None:
+    with distributed.Client(address, timeout="10s") as client:
+        client.wait_for_workers(count, timeout=60)
+
+
+def head_args(address: str, results, *extra: str) -> list:
+    return [
+        "--backend",
+        "ollama",
+        "--cluster",
+        address,
+        *matrix(LLMS, EMBEDDINGS, 6),
+        "--results-dir",
+        results,
+        "--quiet",
+        "--corpus",
+        DEMO / "corpus.jsonl",
+        "--testset",
+        DEMO / "testset.jsonl",
+        *extra,
+    ]
+
+
+def samples(results) -> dict:
+    return {(r["embedding_model"], r["llm"], r["question_id"]): r for r in csv.DictReader((latest_run_dir(results) / "samples.csv").open())}
+
+
+def test_two_boxes_run_every_stage_once_and_match_a_single_box(scheduler, tmp_path):
+    with OllamaEmulator() as a, OllamaEmulator() as b, OllamaEmulator() as alone:
+        boxes = [start_box(scheduler, "box-a", a), start_box(scheduler, "box-b", b)]
+        try:
+            wait_for(scheduler, 2)
+            plan = run_cli(*[arg for arg in head_args(scheduler, tmp_path / "cluster", "--dry-run") if arg != "--quiet"])
+            result = run_cli(*head_args(scheduler, tmp_path / "cluster"))
+        finally:
+            for box in boxes:
+                box.kill()
+        single = run_cli(
+            *ollama_flags(alone),
+            *matrix(LLMS, EMBEDDINGS, 6),
+            "--results-dir",
+            tmp_path / "single",
+            "--quiet",
+            "--corpus",
+            DEMO / "corpus.jsonl",
+            "--testset",
+            DEMO / "testset.jsonl",
+            env=emulated_gpu_env(alone),
+        )
+        loads = Counter(a.state.loads) + Counter(b.state.loads)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert single.returncode == 0, single.stderr
+    assert (
+        f"note: cluster {scheduler}: 2 boxes: " in plan.stdout and "box-a (1 gpu slot" in plan.stdout and "box-b (1 gpu slot" in plan.stdout
+    )
+    assert dict(loads) == {
+        "llama3.2:3b": 1,
+        "qwen2.5:7b": 1,
+        "nomic-embed-text:latest": 1,
+        "all-minilm:latest": 1,
+    }  # each model once, cluster-wide
+    assert a.state.loads and b.state.loads  # both boxes worked
+    clustered, alone_rows = samples(tmp_path / "cluster"), samples(tmp_path / "single")
+    assert len(clustered) == 24 and {k: r["answer"] for k, r in clustered.items()} == {k: r["answer"] for k, r in alone_rows.items()}
+    ledger = list(csv.DictReader((latest_run_dir(tmp_path / "cluster") / "memory.csv").open()))
+    assert {row["box"] for row in ledger if row["label"] == "after_unload"} == {"box-a", "box-b"}
+    events = [json.loads(line) for line in (latest_run_dir(tmp_path / "cluster") / "events.jsonl").read_text().splitlines()]
+    assert {e["box"] for e in events if e["event"] == "model_load"} == {"box-a", "box-b"}
+
+
+def test_a_box_lost_mid_generation_costs_only_the_answers_in_flight(scheduler, tmp_path):
+    with OllamaEmulator(call_s=0.05) as a, OllamaEmulator(call_s=0.05) as b:
+        boxes = {"box-a": start_box(scheduler, "box-a", a), "box-b": start_box(scheduler, "box-b", b)}
+        try:
+            wait_for(scheduler, 2)
+            head = start_cli(*head_args(scheduler, tmp_path / "r"))
+            deadline = time.monotonic() + 120
+            while not any(emu.state.work[("answers", m)] >= 3 for emu in (a, b) for m in ("llama3.2:3b", "qwen2.5:7b")):
+                assert head.poll() is None and time.monotonic() < deadline, head.communicate()
+                time.sleep(0.01)
+            victim = "box-a" if sum(v for (kind, _), v in a.state.work.items() if kind == "answers") else "box-b"
+            boxes[victim].kill()
+            out, err = head.communicate(timeout=180)
+        finally:
+            for box in boxes.values():
+                box.kill()
+        answered = sum(v for emu in (a, b) for (kind, _), v in emu.state.work.items() if kind == "answers")
+    assert head.returncode == 0, out + err
+    rows = samples(tmp_path / "r")
+    assert len(rows) == 24 and all(r["answer"] and not r["error"] for r in rows.values())
+    distinct = len({(r["llm"], r["answer"], r["retrieved_ids"]) for r in rows.values()})
+    events = [json.loads(line) for line in (latest_run_dir(tmp_path / "r") / "events.jsonl").read_text().splitlines()]
+    loads = Counter(e["model"] for e in events if e["event"] == "model_load" and e["stage"] == "generate")
+    assert max(loads.values()) == 2  # the lost box's stage was loaded again on the other box
+    assert answered <= distinct + 2  # what was finished was not asked again; at most the answers in flight were lost
+
+
+def test_a_model_that_fits_no_box_fails_with_its_reason_and_the_rest_completes(scheduler, tmp_path):
+    with OllamaEmulator(total_vram=5 * 1024**3, system_ram=1024**3) as small:  # a 7B never fits, not even split
+        box = start_box(scheduler, "box-small", small)
+        try:
+            wait_for(scheduler, 1)
+            args = ["--backend", "ollama", "--cluster", scheduler, *matrix("llama3.2:3b,qwen2.5:7b", "nomic-embed-text", 3)]
+            result = run_cli(
+                *args, "--results-dir", tmp_path, "--quiet", "--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"
+            )
+        finally:
+            box.kill()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "3/6 samples answered" in result.stdout
+    rows = samples(tmp_path)
+    failed = [r for r in rows.values() if r["error"]]
+    assert {r["llm"] for r in failed} == {"qwen2.5:7b"} and len(failed) == 3
+    assert "qwen2.5:7b ran on no box" in failed[0]["error"] and "does not fit in memory" in failed[0]["error"]
+
+
+def test_sigterm_on_the_head_stops_the_boxes_and_they_unload(scheduler, tmp_path):
+    import signal
+
+    with OllamaEmulator(call_s=0.05) as a:
+        box = start_box(scheduler, "box-a", a)
+        try:
+            wait_for(scheduler, 1)
+            head = start_cli(*head_args(scheduler, tmp_path / "r"))
+            deadline = time.monotonic() + 120
+            while not any(a.state.work[("answers", m)] >= 2 for m in ("llama3.2:3b", "qwen2.5:7b")):
+                assert head.poll() is None and time.monotonic() < deadline, head.communicate()
+                time.sleep(0.01)
+            head.send_signal(signal.SIGTERM)
+            out, err = head.communicate(timeout=60)
+            deadline = time.monotonic() + 30
+            while any(r.stopping_since is None for r in a.state.runners.values()) and time.monotonic() < deadline:
+                time.sleep(0.1)  # the box leaves its stage at the next answer and unloads
+            resident = [name for name, r in a.state.runners.items() if r.stopping_since is None]
+        finally:
+            box.kill()
+    assert head.returncode == 143, out + err
+    assert "interrupted" in out and "run the same command again to resume" in out
+    assert resident == []
+    assert (latest_run_dir(tmp_path / "r") / "report.md").is_file()
+
+
+def test_no_box_within_cluster_wait_s_is_exit_3_naming_the_scheduler(scheduler, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("cluster_wait_s: 1\n")
+    result = run_cli("--config", config, "--backend", "ollama", "--cluster", scheduler, "--results-dir", tmp_path, "--dry-run", timeout=60)
+    assert result.returncode == 3 and f"no worker with a free gpu slot joined the Dask scheduler {scheduler} within 1 s" in result.stderr
+
+
+def test_a_dead_scheduler_is_exit_3_within_seconds(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    result = run_cli("--backend", "ollama", "--cluster", f"tcp://127.0.0.1:{port}", "--results-dir", tmp_path, "--dry-run", timeout=60)
+    assert result.returncode == 3 and "no Dask scheduler at" in result.stderr and result.stderr.count("\n") == 1
+    assert time.monotonic() - started < 30
+
+
+def test_versions_must_match(monkeypatch):
+    from ragsweep import cluster
+
+    class Client:
+        def get_versions(self, check):
+            pass
+
+        def run(self, function):
+            return {"tcp://10.0.0.2:1": {"box": "box-b", "ragsweep": "abc", "torch": "2.11.0"}}
+
+    with pytest.raises(Exception, match="box box-b has torch 2.11.0, the head has 2.13.0"):
+        cluster.require_same_versions(Client(), {"ragsweep": "abc", "torch": "2.13.0"})
