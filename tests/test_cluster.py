@@ -105,6 +105,9 @@ def test_two_boxes_run_every_stage_once_and_match_a_single_box(scheduler, tmp_pa
     assert {row["box"] for row in ledger if row["label"] == "after_unload"} == {"box-a", "box-b"}
     events = [json.loads(line) for line in (latest_run_dir(tmp_path / "cluster") / "events.jsonl").read_text().splitlines()]
     assert {e["box"] for e in events if e["event"] == "model_load"} == {"box-a", "box-b"}
+    report = (latest_run_dir(tmp_path / "cluster") / "report.md").read_text()
+    per_box = report.split("### Per box")[1].split("\n### ")[0]
+    assert "| box-a |" in per_box and "| box-b |" in per_box and "FAIL" not in per_box
 
 
 def test_a_box_lost_mid_generation_costs_only_the_answers_in_flight(scheduler, tmp_path):

@@ -19,6 +19,7 @@ from .events import Event
 from .fmt import gb, is_nan
 from .memory import bytes_in_use
 from .metrics import ANSWER_METRICS, JUDGE_METRICS, RETRIEVAL_METRICS
+from .platform import card_targets
 from .store import Store
 
 MEAN_COLUMNS = [*RETRIEVAL_METRICS, *ANSWER_METRICS, *JUDGE_METRICS, "latency_s", "tokens_per_s"]
@@ -174,6 +175,7 @@ def memory_findings(report: RunReport) -> dict[str, Any]:
     inferred = any(row.get("attribution") == "inferred" for row in report.snapshots)
     samples = sum(1 for row in report.snapshots if row["label"] == "sample")
     return {
+        "boxes": box_targets(report.snapshots, threshold, target),
         "peaks": peaks,
         "baselines": baselines,
         "loads": loads,
@@ -183,6 +185,24 @@ def memory_findings(report: RunReport) -> dict[str, Any]:
         "inferred": inferred,
         "samples": samples,
     }
+
+
+def box_targets(snapshots: list[dict[str, Any]], threshold: int | None, target: int | None) -> list[list[Any]]:
+    """Per box of a cluster run: peak, highest level after an unload, and the seed's two memory targets for that box's cards."""
+    boxes = sorted({row.get("box") for row in snapshots if row.get("box")})
+    if len(boxes) < 2:
+        return []
+    rows = []
+    for box in boxes:
+        mine = [row for row in snapshots if row.get("box") == box]
+        cards = card_peaks(mine)
+        if cards:  # the box's own cards set its targets, not the head's
+            threshold, target = card_targets(min(total for _, total in cards.values()))
+        peak = max(bytes_in_use(row) for row in mine)
+        after = max((bytes_in_use(row) for row in mine if row["label"] == "after_unload"), default=0)
+        ok = (threshold is None or peak < threshold) and (target is None or after < target)
+        rows.append([box, gb(peak), gb(after), "PASS" if ok else "FAIL"])
+    return rows
 
 
 def card_peaks(snapshots: list[dict[str, Any]]) -> dict[int, tuple[int, int]]:

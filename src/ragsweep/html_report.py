@@ -212,6 +212,10 @@ def _memory(report: RunReport, memory: dict) -> str:
 def _cards(memory: dict) -> str:
     """Per-card peaks on a box with several GPUs, and whether per-process attribution had to be inferred."""
     parts = []
+    if memory["boxes"]:
+        parts.append(
+            "<h3>Per box</h3>" + _table(["box", "peak GB", "highest after an unload GB", "peak and baseline targets"], memory["boxes"])
+        )
     if len(memory["cards"]) > 1:
         rows = [[index, f"{peak / 1e9:.2f}", f"{total / 1e9:.2f}"] for index, (peak, total) in sorted(memory["cards"].items())]
         parts.append("<h3>Peak per card</h3>" + _table(["card (NVML index)", "peak GB", "of GB"], rows))

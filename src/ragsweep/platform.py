@@ -44,17 +44,17 @@ def detect_device() -> tuple[str, str, int, int]:
     return "cpu", _platform.processor() or _platform.machine(), total, 1
 
 
+def card_targets(card_bytes: int) -> tuple[int, int]:
+    """The seed's targets for a 12 GB card (clean up above 10 GB, < 2 GB between stages), scaled to the card present."""
+    return int(card_bytes * 10 / 12), int(min(2 * GB, card_bytes / 6))
+
+
 def get_platform_config(**overrides) -> PlatformConfig:
     """Seed defaults per device (a 12 GB card: clean at 10 GB, baseline < 2 GB); overrides win."""
     device, name, total, cards = detect_device()
     if device == "cuda":
-        # The seed's targets for a 12 GB card, scaled to the card actually present.
-        defaults = dict(
-            embed_batch_size=64,
-            judge_concurrency=2,
-            pressure_threshold_bytes=int(total * 10 / 12),
-            baseline_target_bytes=int(min(2 * GB, total / 6)),
-        )
+        threshold, baseline = card_targets(total)
+        defaults = dict(embed_batch_size=64, judge_concurrency=2, pressure_threshold_bytes=threshold, baseline_target_bytes=baseline)
     else:
         defaults = dict(
             embed_batch_size=32,

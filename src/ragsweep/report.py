@@ -218,6 +218,9 @@ def render_markdown(report: RunReport) -> str:
             "NVML listed no model process (a container's pid namespace): each model's GPU use is inferred as the "
             "device's growth since just before its load (attribution 'inferred' in memory.csv).",
         ]
+    if memory["boxes"]:
+        lines += ["", "### Per box", ""]
+        lines += _md_table(["box", "peak GB", "highest after an unload GB", "peak and baseline targets"], memory["boxes"])
     if len(memory["cards"]) > 1:
         lines += ["", "### Peak per card", ""]
         lines += _md_table(
