@@ -45,7 +45,7 @@ from ragsweep.runlog import RunLog  # noqa: E402
 from ragsweep.store import Store  # noqa: E402
 from ragsweep.testset import Question  # noqa: E402
 
-WORK = Path("/tmp/ragsweep-gpu-check")
+WORK = Path(tempfile.gettempdir()) / "ragsweep-gpu-check"  # built models are kept here between checks (--work-dir)
 SIZES = {
     "bert-0.3b": dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096, num_attention_heads=16),
     "bert-1.3b": dict(hidden_size=2048, num_hidden_layers=24, intermediate_size=8192, num_attention_heads=32),
@@ -157,12 +157,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="run the logic on the CPU with tiny models (no GPU needed)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--work-dir", type=Path, default=WORK, help=f"where the built models are kept (default: {WORK})")
     args = parser.parse_args()
     device = "cpu" if args.cpu else "cuda"
     if device == "cuda" and get_platform_config().device != "cuda":
         print("gpu_check: no CUDA device (NVML) here — run with --cpu for the logic only", file=sys.stderr)
         return 2
-    folder = WORK / device
+    folder = args.work_dir / device
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     texts = [f"passage {i}: " + "ragsweep measures memory that must come back. " * 40 for i in range(512)]

@@ -24,6 +24,7 @@ from ragsweep.cluster import backend_for, fill_answers, fill_embeddings
 from ragsweep.cluster_worker import serve
 from ragsweep.config import Settings, load_env_file, load_settings
 from ragsweep.errors import RagsweepError
+from ragsweep.events import Event
 from ragsweep.generation import generate
 from ragsweep.judge import judge, no_judge_hint, require_judge_packages, require_same_judge, resolve_judge
 from ragsweep.lifecycle import clean_state
@@ -113,6 +114,7 @@ def retry_failed(settings: Settings, platform, backend, store: Store, judge_spec
     plan = Plan.from_dict(stored, judge_spec)
     with open_run(settings, platform, backend, store, plan, quiet=out.quiet, run_id=run_id) as run:
         with run.timed("judge_s"):
+            run.log.event(Event.RETRY_FAILED, "judge", judge_spec.model)
             judge(run, judge_spec, only_failed=True)
     print_outcome(run, out)
     return run.outcome.exit_code

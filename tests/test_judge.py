@@ -150,6 +150,8 @@ def test_retry_failed_rejudges_only_the_failed_cells(emulator, tmp_path, strict)
     assert record["status"] == "finished with failures" and record["timings"]["generate_s"] > 0  # the run's own record is kept
     [retry_record] = record["retries"]
     assert retry_record["status"] == "done" and retry_record["exit_code"] == 0 and "judge_s" in retry_record["timings"]
+    events = [json.loads(line) for line in (latest(tmp_path) / "events.jsonl").read_text().splitlines()]
+    assert [e["model"] for e in events if e["event"] == "retry_failed"] == ["openai/gpt-4o-mini"]  # cron sees the retry begin
 
 
 def test_retry_failed_keeps_an_unfinished_run_unfinished_and_refuses_another_judge(emulator, tmp_path):

@@ -55,7 +55,7 @@ class RunLog:
         return snapshot
 
     def add_snapshots(self, snapshots: list[MemorySnapshot]) -> None:
-        self.add_snapshot_rows([{**snapshot.row(), "box": snapshot.row().get("box") or self.box} for snapshot in snapshots])
+        self.add_snapshot_rows([{**row, "box": row["box"] or self.box} for row in (snapshot.row() for snapshot in snapshots)])
 
     def add_snapshot_rows(self, rows) -> None:
         """Ledger rows as they are (a cluster box's, which carry its name)."""
