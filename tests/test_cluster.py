@@ -11,7 +11,7 @@ import pytest
 
 from cli import command, emulated_gpu_env, latest_run_dir, matrix, ollama_flags, run_cli, start_cli
 from conftest import DEMO
-from ollama_emulator import OllamaEmulator
+from ollama_emulator import Fault, OllamaEmulator
 
 distributed = pytest.importorskip("distributed")
 
@@ -134,6 +134,10 @@ def test_a_box_lost_mid_generation_costs_only_the_answers_in_flight(scheduler, t
     events = [json.loads(line) for line in (latest_run_dir(tmp_path / "r") / "events.jsonl").read_text().splitlines()]
     loads = Counter(e["model"] for e in events if e["event"] == "model_load" and e["stage"] == "generate")
     assert max(loads.values()) == 2  # the lost box's stage was loaded again on the other box
+    lost = [e for e in events if e["event"] == "box_lost"]
+    assert len(lost) == 1 and lost[0]["box"] == victim and lost[0]["model"] in loads
+    report = (latest_run_dir(tmp_path / "r") / "report.md").read_text()
+    assert f"generate {lost[0]['model']}: box lost: box {victim} left the cluster" in report
     assert answered <= distinct + 2  # what was finished was not asked again; at most the answers in flight were lost
 
 
@@ -154,6 +158,56 @@ def test_a_model_that_fits_no_box_fails_with_its_reason_and_the_rest_completes(s
     failed = [r for r in rows.values() if r["error"]]
     assert {r["llm"] for r in failed} == {"qwen2.5:7b"} and len(failed) == 3
     assert "qwen2.5:7b ran on no box" in failed[0]["error"] and "does not fit in memory" in failed[0]["error"]
+
+
+def events_of(results) -> list[dict]:
+    runs = [p for p in results.iterdir() if p.is_dir()] if results.is_dir() else []
+    found = runs and latest_run_dir(results) / "events.jsonl"
+    return [json.loads(line) for line in found.read_text().splitlines()] if found and found.is_file() else []
+
+
+def test_out_of_memory_on_a_small_box_moves_the_unfinished_work_to_a_bigger_one(scheduler, tmp_path):
+    """qwen2.5:7b does not load on the 5 GB box; llama3.2:3b loads there but every answer runs out of memory. Both go to
+    the 12 GB box, which is held busy until then so that the small box is tried first; nothing is asked of the small box
+    twice, and every answer ends up made."""
+    with OllamaEmulator(total_vram=5 * 1024**3, system_ram=1024**3) as small, OllamaEmulator() as big:
+        small.add_fault(Fault("/api/chat", 500, "CUDA error: out of memory", count=1000, model="llama3.2:3b", when="work"))
+        boxes = [start_box(scheduler, "box-small", small), start_box(scheduler, "box-big", big)]
+        try:
+            wait_for(scheduler, 2)
+            args = ["--backend", "ollama", "--cluster", scheduler, *matrix("llama3.2:3b,qwen2.5:7b", "bm25", 3)]
+            data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
+            plan = run_cli(*args, *data, "--results-dir", tmp_path / "plan", "--dry-run")
+            with distributed.Client(scheduler, timeout="10s") as client:
+                [big_box] = [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == "box-big"]
+                hold = client.submit(lambda: distributed.Event("hold-box-big").wait(300), resources={"gpu": 1}, workers=[big_box])
+                while not client.processing(workers=[big_box])[big_box]:
+                    time.sleep(0.05)
+                head = start_cli(*args, *data, "--results-dir", tmp_path / "r", "--quiet")
+                deadline = time.monotonic() + 120
+                while sum(e["event"] == "stage_moved" for e in events_of(tmp_path / "r")) < 2:
+                    assert head.poll() is None and time.monotonic() < deadline, head.communicate()
+                    time.sleep(0.05)
+                distributed.Event("hold-box-big", client=client).set()
+                out, err = head.communicate(timeout=120)
+                hold.result()
+        finally:
+            for box in boxes:
+                box.kill()
+    assert head.returncode == 0, out + err
+    fits = {line.split("│")[1].strip(): line for line in plan.stdout.splitlines() if line.count("│") > 3}
+    assert "yes on every box" in fits["llama3.2:3b"] and "yes on box-big; NO on box-small" in fits["qwen2.5:7b"]
+    rows = samples(tmp_path / "r")
+    assert len(rows) == 6 and all(r["answer"] and not r["error"] for r in rows.values())
+    assert dict(small.state.loads) == {"llama3.2:3b": 1 + 3}  # loaded, then once more with less context per failed answer; qwen never
+    assert small.state.work[("answers", "qwen2.5:7b")] == 0 and small.state.work[("answers", "llama3.2:3b")] == 0
+    assert dict(big.state.loads) == {"llama3.2:3b": 1, "qwen2.5:7b": 1}
+    assert big.state.work[("answers", "llama3.2:3b")] == 3 and big.state.work[("answers", "qwen2.5:7b")] == 3
+    moved = {e["model"]: e for e in events_of(tmp_path / "r") if e["event"] == "stage_moved"}
+    assert {m: (e["box"], e["to"]) for m, e in moved.items()} == {m: ("box-small", "box-big") for m in ("llama3.2:3b", "qwen2.5:7b")}
+    assert "does not fit in memory" in moved["qwen2.5:7b"]["message"] and moved["llama3.2:3b"]["message"] == "3 answers ran out of memory"
+    report = (latest_run_dir(tmp_path / "r") / "report.md").read_text()
+    assert "generate qwen2.5:7b: stage moved: " in report.split("## Faults and recoveries")[1]
 
 
 def test_sigterm_on_the_head_stops_the_boxes_and_they_unload(scheduler, tmp_path):

@@ -58,15 +58,24 @@ def test_print_plan_says_when_a_model_will_not_fit(backend, tmp_path):
 
 
 def test_a_model_too_big_for_one_card_fits_when_the_backend_splits_it_over_several():
-    from dataclasses import replace
-
     from ragsweep.plan import fit
+    from ragsweep.platform import Budget
 
-    card = PlatformConfig("cuda", "L4", 24 * GB, 64, 2, pressure_threshold_bytes=20 * GB, baseline_target_bytes=2 * GB, unload_timeout_s=5)
-    assert fit(30 * GB, card, splits=True).startswith("NO")  # one card
-    assert fit(30 * GB, replace(card, device_count=2), splits=True).startswith("yes, split over 2 cards")
-    assert fit(30 * GB, replace(card, device_count=2), splits=False).startswith("NO")  # the local backend puts a model on one card
-    assert fit(10 * GB, card, splits=False).startswith("yes (~10.0 GB)")
+    assert fit(30 * GB, Budget(20 * GB, 1, splits=True)).startswith("NO")  # one card
+    assert fit(30 * GB, Budget(20 * GB, 2, splits=True)).startswith("yes, split over 2 cards")
+    assert fit(30 * GB, Budget(20 * GB, 2, splits=False)).startswith("NO")  # the local backend puts a model on one card
+    assert fit(10 * GB, Budget(20 * GB, 1)).startswith("yes (~10.0 GB)")
+
+
+def test_on_a_cluster_the_fit_is_per_box():
+    from ragsweep.plan import fit_on_boxes
+    from ragsweep.platform import Budget
+
+    boxes = {"box-small": Budget(5 * GB), "box-big": Budget(20 * GB), "box-pair": Budget(8 * GB, 2, splits=True)}
+    assert fit_on_boxes(6 * GB, boxes) == "yes on box-big, box-pair; NO on box-small (~6.0 GB)"
+    assert fit_on_boxes(4 * GB, boxes) == "yes on every box (~4.0 GB)"
+    assert fit_on_boxes(25 * GB, boxes).startswith("NO on any box (~25.0 GB > 20.0 GB, the largest)")
+    assert fit_on_boxes(None, boxes) == "-"
 
 
 def test_a_cpu_only_llama_cpp_on_a_cuda_box_is_said_in_the_plan():

@@ -11,7 +11,7 @@ A task that is rescheduled after its box died skips what the head already has (a
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .backends import get_backend
@@ -19,6 +19,7 @@ from .backends.base import Backend, LoadedInfo, LoadedModel, ModelInfo
 from .errors import BackendUnavailableError, ConfigError, ModelCallError
 from .events import Event
 from .generation import pending_answers
+from .platform import Budget
 from .retrieval import missing_texts
 from .retrievers import needs_model
 from .run import RunContext
@@ -48,7 +49,7 @@ class ClusterBackend(Backend):
 
         tls = security(self.settings.cluster_tls_ca_file, self.settings.cluster_tls_cert, self.settings.cluster_tls_key)
         self.client = connect(self.address, tls)
-        self.boxes = wait_for_boxes(self.client, self.settings.cluster_wait_s)
+        self.boxes = wait_for_boxes(self.client, self.settings.backend, self.settings.cluster_wait_s)
         require_same_versions(self.client, cluster_worker.identity())
 
     def describe(self, name: str, kind) -> ModelInfo:
@@ -87,6 +88,14 @@ class ClusterBackend(Backend):
             "retrieval stages run first, in parallel over the boxes, then generation stages; bm25, oracle, none and the judge run here"
         ]
 
+    def budgets(self) -> dict[str, Budget]:
+        return {name: Budget(**box["budget"]) for name, box in self.boxes.items()}
+
+    def bigger_boxes(self, capacity_bytes: int) -> dict[str, str]:
+        """The boxes connected now (one may have joined since the plan) that fit a larger model: name -> address."""
+        self.boxes.update(find_boxes(self.client, self.settings.backend))
+        return {name: box["address"] for name, box in self.boxes.items() if Budget(**box["budget"]).capacity_bytes > capacity_bytes}
+
     def versions(self) -> dict[str, str]:
         return {f"box {name}": box["ragsweep"] for name, box in self.boxes.items()}
 
@@ -121,26 +130,30 @@ def connect(address: str, tls=None):
         ) from None
 
 
-def wait_for_boxes(client, wait_s: float) -> dict[str, dict[str, Any]]:
-    """Every connected worker with a gpu slot, with what it says of itself; exit 3 when none comes within `wait_s`."""
+def find_boxes(client, backend: str) -> dict[str, dict[str, Any]]:
+    """Every connected worker with a gpu slot, with what it says of itself (memory, versions)."""
     from . import cluster_worker
 
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    boxes = {str(w["name"]): {"address": address, "gpus": int(w.get("resources", {}).get("gpu", 0))} for address, w in workers.items()}
+    boxes = {name: box for name, box in boxes.items() if box["gpus"] > 0}
+    if boxes:
+        facts = client.run(cluster_worker.facts, backend, workers=[box["address"] for box in boxes.values()], on_error="return")
+        boxes = {name: {**box, **facts[box["address"]]} for name, box in boxes.items() if isinstance(facts.get(box["address"]), dict)}
+    return boxes
+
+
+def wait_for_boxes(client, backend: str, wait_s: float) -> dict[str, dict[str, Any]]:
+    """The boxes; exit 3 when none comes within `wait_s`."""
     deadline = time.monotonic() + wait_s
-    while True:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        boxes = {w["name"]: {"address": address, "gpus": int(w.get("resources", {}).get("gpu", 0))} for address, w in workers.items()}
-        boxes = {name: box for name, box in boxes.items() if box["gpus"] > 0}
-        if boxes:
-            facts = client.run(cluster_worker.facts, workers=[box["address"] for box in boxes.values()])
-            for box in boxes.values():
-                box.update(facts[box["address"]])
-            return {str(name): box for name, box in boxes.items()}
+    while not (boxes := find_boxes(client, backend)):
         if time.monotonic() > deadline:
             raise BackendUnavailableError(
                 f"no worker with a free gpu slot joined the Dask scheduler {client.scheduler.address} within "
                 f"{wait_s:.0f} s — start one: python src/benchmark.py worker {client.scheduler.address} --name BOX"
             )
         time.sleep(0.5)
+    return boxes
 
 
 def require_same_versions(client, head: dict[str, Any]) -> None:
@@ -190,35 +203,69 @@ def fill_answers(ctx: RunContext, llms: list[ModelInfo], retrievers: list[str], 
     _run_jobs(ctx, "generate", jobs)
 
 
+@dataclass
+class Stage:
+    """One model's stage on the boxes: its task, what has come back, and the boxes it ran on."""
+
+    name: str
+    job: dict[str, Any]
+    done: Any  # a Dask Variable: the keys the head has, which a rescheduled or moved task skips
+    future: Any = None
+    received: set[str] = field(default_factory=set)
+    shared: int = 0  # how many of `received` the Variable holds
+    out_of_memory: set[str] = field(default_factory=set)  # keys that failed for memory: a bigger box may answer them
+    box: str | None = None  # where its model was last loaded
+    tried: list[str] = field(default_factory=list)  # "box: why" for each box that could not finish it
+    targets: dict[str, str] = field(default_factory=dict)  # the bigger boxes it was moved to (name -> address); empty: any box
+    stranded_since: float | None = None  # when the last of its target boxes left
+    attempts: int = 0
+    ended: bool = False
+
+    def share(self) -> None:
+        if len(self.received) != self.shared:
+            self.done.set(sorted(self.received))
+            self.shared = len(self.received)
+
+
 def _run_jobs(ctx: RunContext, stage: str, jobs: dict[str, dict]) -> None:
     """One task per model (gpu=1), all at once; drain their stream until every task ended; stop the boxes on Ctrl-C."""
     from distributed import Event as DaskEvent
     from distributed import Queue, Variable
 
-    from .cluster_worker import run_stage_on_box
-
     if not jobs:
         return
     client, tag = ctx.backend.client, f"ragsweep-{ctx.run_id}-{stage}"
     queue, stop = Queue(f"{tag}-stream", client=client), DaskEvent(f"{tag}-stop", client=client)
-    done = {name: Variable(f"{tag}-done-{index}", client=client) for index, name in enumerate(jobs)}
     settings = ctx.settings.public_dict()
-    futures = {}
+    stages = {}
     for index, (name, job) in enumerate(jobs.items()):
-        job.update(queue=queue.name, stop=stop.name, done=done[name].name, settings=settings, run_id=ctx.run_id, stage=stage)
-        done[name].set([])
-        futures[name] = client.submit(run_stage_on_box, job, resources={"gpu": 1}, key=f"{tag}-{index}", pure=False)
-    received = {name: set() for name in jobs}
+        done = Variable(f"{tag}-done-{index}", client=client)
+        job.update(queue=queue.name, stop=stop.name, done=done.name, settings=settings, stage=stage, key=f"{tag}-{index}")
+        done.set([])
+        stages[name] = Stage(name, job, done)
+        _submit(client, stages[name])
     try:
-        _drain(ctx, queue, futures, received, done)
+        _drain(ctx, queue, stages)
     except BaseException:
         stop.set()  # the boxes leave their stage and unload before their task ends
-        client.cancel(list(futures.values()))
+        client.cancel([s.future for s in stages.values()])
         raise
 
 
-def _drain(ctx: RunContext, queue, futures: dict, received: dict[str, set], done: dict) -> None:
-    lonely_since, ended = None, set()
+def _submit(client, stage: Stage, targets: dict[str, str] | None = None) -> None:
+    """The stage's task: anywhere with a free gpu slot, or only on `targets` (name -> address) when it moves to more memory."""
+    from .cluster_worker import run_stage_on_box
+
+    stage.targets, stage.attempts = targets or {}, stage.attempts + 1
+    key = f"{stage.job['key']}-{stage.attempts}"  # a new key: Dask would hand back the finished task for an old one
+    workers = list(stage.targets.values()) or None
+    stage.future = client.submit(
+        run_stage_on_box, stage.job, resources={"gpu": 1}, workers=workers, allow_other_workers=False, key=key, pure=False
+    )
+
+
+def _drain(ctx: RunContext, queue, stages: dict[str, Stage]) -> None:
+    lonely_since, present = None, None
     while True:
         try:
             messages = queue.get(timeout=DRAIN_S, batch=True)
@@ -229,19 +276,19 @@ def _drain(ctx: RunContext, queue, futures: dict, received: dict[str, set], done
                 f"the Dask scheduler stopped answering ({error}) — finished work is saved: run the same command again"
             ) from None
         for message in messages:
-            _store(ctx, message, received)
-        for name, keys in received.items():
-            if keys and len(keys) != len(done[name].get() or []):
-                done[name].set(sorted(keys))  # a rescheduled task skips these
-        for name in [name for name, future in futures.items() if future.done() and name not in ended]:
-            _finish(ctx, name, futures[name])
-            ended.add(name)
-        if len(ended) == len(futures) and not messages:
+            _store(ctx, message, stages)
+        for stage in stages.values():
+            stage.share()
+            if not stage.ended and stage.future.done():
+                _finish(ctx, stage)
+        if all(stage.ended for stage in stages.values()) and not messages:
             return
-        lonely_since = _no_box_left(ctx, lonely_since)
+        present = _note_lost_boxes(ctx, stages, present)
+        lonely_since = _no_box_left(ctx, present, lonely_since)
+        _give_up_stranded(ctx, stages, present)
 
 
-def _store(ctx: RunContext, message: tuple, received: dict[str, set]) -> None:
+def _store(ctx: RunContext, message: tuple, stages: dict[str, Stage]) -> None:
     """The head is the only writer: every result is committed the moment it arrives."""
     import numpy as np
 
@@ -249,7 +296,7 @@ def _store(ctx: RunContext, message: tuple, received: dict[str, set]) -> None:
     if kind == "vectors":
         digest, batch = payload
         ctx.store.put_embeddings(digest, [(h, np.frombuffer(vector, dtype=np.float32)) for h, vector in batch])
-        received[model].update(h for h, _ in batch)
+        stages[model].received.update(h for h, _ in batch)
     elif kind == "answer":
         key, digest, answer, degraded = payload
         if degraded:  # made with less context than configured: used for this run, never cached
@@ -257,30 +304,99 @@ def _store(ctx: RunContext, message: tuple, received: dict[str, set]) -> None:
         else:
             ctx.store.put_answer_cache(key, digest, answer["text"], answer["prompt_tokens"], answer["completion_tokens"], answer["seconds"])
         ctx.model_call_s += answer["seconds"]
-        received[model].add(key)
+        stages[model].received.add(key)
     elif kind == "failed":
         key, cause, text = payload
         ctx.prefilled[key] = ModelCallError(text, cause=cause)
-        received[model].add(key)
+        stages[model].received.add(key)
+        if cause == "out_of_memory":
+            stages[model].out_of_memory.add(key)
     elif kind == "event":
         event, stage, data = payload
+        if event == Event.MODEL_LOAD and model in stages:
+            stages[model].box = data["box"]
         ctx.log.event(Event(event), stage, model, **data)
     elif kind == "snapshot":
         ctx.log.add_snapshot_rows(payload)
 
 
-def _finish(ctx: RunContext, name: str, future) -> None:
-    """A task ended: an error there (the model never loaded on its box) is that model's failure, not the run's."""
-    if future.status == "error":
-        error = future.exception()
-        ctx.backend.failures[name] = f"{type(error).__name__}: {error}"
-        ctx.log.event(Event.MODEL_FAILED, None, name, cause=getattr(error, "cause", "cluster"), message=str(error))
+def _finish(ctx: RunContext, stage: Stage) -> None:
+    """A task ended. Out of memory on its box (at load, or for some answers): the rest moves to a box with more memory,
+    if one is connected; any other failure is that model's, not the run's."""
+    if stage.future.status == "error":  # Dask itself gave up on the task (it killed box after box)
+        error = stage.future.exception()
+        stage.tried.append(f"{type(error).__name__}: {error}")
+        _give_up(ctx, stage, getattr(error, "cause", "cluster"), str(error))
+        return
+    result = stage.future.result()
+    failed = result.get("failed")
+    if failed:
+        stage.tried.append(f"{result['box']}: {failed['message']}")
+    if (failed and failed["cause"] == "out_of_memory") or stage.out_of_memory:
+        bigger = ctx.backend.bigger_boxes(result["capacity_bytes"])
+        if bigger:
+            redo = stage.out_of_memory
+            for key in redo:  # answered again on the bigger box
+                ctx.prefilled.pop(key, None)
+            stage.received -= redo
+            stage.out_of_memory = set()
+            stage.share()
+            ctx.log.event(
+                Event.STAGE_MOVED,
+                stage.job["stage"],
+                stage.name,
+                box=result["box"],
+                to=", ".join(bigger),
+                cause="out_of_memory",
+                message=failed["message"] if failed else f"{len(redo)} answers ran out of memory",
+            )
+            _submit(ctx.backend.client, stage, bigger)
+            return
+    if failed:
+        _give_up(ctx, stage, failed["cause"], failed["message"], box=result["box"])
+        return
+    stage.ended = True
 
 
-def _no_box_left(ctx: RunContext, since: float | None) -> float | None:
+def _give_up(ctx: RunContext, stage: Stage, cause: str, message: str, **where) -> None:
+    ctx.backend.failures[stage.name] = "; ".join(stage.tried)
+    ctx.log.event(Event.MODEL_FAILED, None, stage.name, cause=cause, message=message, **where)
+    stage.ended = True
+
+
+def _note_lost_boxes(ctx: RunContext, stages: dict[str, Stage], before: set[str] | None) -> set[str]:
+    """A box that left while it ran a stage is an event and a report line; Dask gives its task to another box."""
+    workers = ctx.backend.client.scheduler_info(n_workers=-1)["workers"].values()
+    present = {str(w.get("name")) for w in workers if w.get("resources", {}).get("gpu")}
+    for box in (before or set()) - present:
+        for stage in stages.values():
+            if stage.box == box and not stage.ended:
+                ctx.log.event(
+                    Event.BOX_LOST,
+                    stage.job["stage"],
+                    stage.name,
+                    box=box,
+                    message=f"box {box} left the cluster during this stage; another box redoes only what the head does not have",
+                )
+    return present
+
+
+def _give_up_stranded(ctx: RunContext, stages: dict[str, Stage], present: set[str]) -> None:
+    """A stage moved to bigger boxes that have all left waits cluster_wait_s for one to return, then fails (resumable)."""
+    for stage in stages.values():
+        if stage.ended or not stage.targets or present & set(stage.targets):
+            stage.stranded_since = None
+            continue
+        stage.stranded_since = stage.stranded_since or time.monotonic()
+        if time.monotonic() - stage.stranded_since > ctx.settings.cluster_wait_s:
+            ctx.backend.client.cancel([stage.future])
+            stage.tried.append(f"{', '.join(stage.targets)} left before it could run there")
+            _give_up(ctx, stage, "cluster", stage.tried[-1])
+
+
+def _no_box_left(ctx: RunContext, present: set[str], since: float | None) -> float | None:
     """With every box gone, wait cluster_wait_s for one to come back, then stop (exit 3, resumable)."""
-    workers = ctx.backend.client.scheduler_info(n_workers=-1)["workers"]
-    if any(w.get("resources", {}).get("gpu") for w in workers.values()):
+    if present:
         return None
     since = since or time.monotonic()
     if time.monotonic() - since > ctx.settings.cluster_wait_s:

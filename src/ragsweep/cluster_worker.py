@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from .backends import get_backend
+from .backends import BACKENDS, get_backend
 from .backends.base import GenerationOptions, ModelInfo, Prompt
 from .config import Settings
 from .errors import BackendUnavailableError, ModelCallError, ModelUnavailableError, RagsweepError
 from .events import Event
 from .lifecycle import resident_model
 from .memory import MemorySnapshot
-from .platform import get_platform_config
+from .platform import Budget, get_platform_config
 from .retrieval import embed_in_batches
 from .runlog import RunLog
 
@@ -89,14 +89,19 @@ def identity() -> dict[str, str]:
     return found
 
 
-def facts() -> dict[str, Any]:
-    """What the head's plan shows of this box."""
+def facts(head_backend: str) -> dict[str, Any]:
+    """What the head's plan shows of this box, and the memory budget that decides where a model out of memory may go next."""
     platform = get_platform_config()
     return {
         "memory_gb": platform.memory_total_bytes * platform.device_count / 1e9,
         "device": platform.device,
         "ragsweep": identity()["ragsweep"],
+        "budget": asdict(_budget(platform, os.environ.get(ENV["backend"]) or head_backend)),
     }
+
+
+def _budget(platform, backend: str) -> Budget:
+    return Budget.of(platform, BACKENDS[backend].splits_across_cards)
 
 
 def describe_on_box(head: dict[str, Any], name: str, kind: str) -> dict | str:
@@ -127,8 +132,12 @@ class QueueLog(RunLog):
         pass
 
 
-def run_stage_on_box(job: dict[str, Any]) -> dict[str, int]:
-    """A Dask task: one model's stage on this box (gpu=1), skipping what the head already has (a rescheduled task)."""
+def run_stage_on_box(job: dict[str, Any]) -> dict[str, Any]:
+    """A Dask task: one model's stage on this box (gpu=1), skipping what the head already has (a rescheduled or moved task).
+
+    A model that cannot do its stage here (out of memory even after the ladder, say) is a result, not a task error:
+    the head reads where it failed and how big this box is, and may move the rest to a box with more memory.
+    """
     from distributed import Event as DaskEvent
     from distributed import Queue, Variable
 
@@ -140,12 +149,16 @@ def run_stage_on_box(job: dict[str, Any]) -> dict[str, int]:
     log = QueueLog(queue, platform, settings.memory_sample_s, box_name())
     backend.on_retry = lambda cause, message, attempt: log.event(Event.RETRY, job["stage"], cause=cause, attempt=attempt, message=message)
     info = ModelInfo(**job["info"])
-    if job["kind"] == "embed":
-        return _embed(job, backend, log, info, queue, stop, have)
-    return _answer(job, backend, log, info, queue, stop, have)
+    ran = {"box": box_name(), "capacity_bytes": _budget(platform, settings.backend).capacity_bytes}
+    try:
+        if job["kind"] == "embed":
+            return {**ran, "done": _embed(job, backend, log, info, queue, stop, have)}
+        return {**ran, "done": _answer(job, backend, log, info, queue, stop, have)}
+    except (ModelCallError, BackendUnavailableError) as error:
+        return {**ran, "failed": {"cause": getattr(error, "cause", "unavailable"), "message": str(error)}}
 
 
-def _embed(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> dict[str, int]:
+def _embed(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> int:
     texts = {h: text for h, text in job["texts"].items() if h not in have}
 
     def send(hashes: list[str], vectors: np.ndarray, seconds: float) -> None:
@@ -160,10 +173,10 @@ def _embed(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> d
 
     with resident_model(backend, info, job["stage"], log) as resident:
         embed_in_batches(resident, backend, log, job["stage"], texts, job["batch_size"], send, should_stop=stop.is_set)
-    return {"texts": len(texts)}
+    return len(texts)
 
 
-def _answer(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> dict[str, int]:
+def _answer(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> int:
     prompts = {key: Prompt(**prompt) for key, prompt in job["prompts"].items() if key not in have}
     options = GenerationOptions(**{**job["options"], "stop": tuple(job["options"]["stop"])})
     with resident_model(backend, info, job["stage"], log, options) as resident:
@@ -184,4 +197,4 @@ def _answer(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> 
                 "seconds": result.seconds,
             }
             queue.put(("answer", info.name, key, info.digest, answer, resident.degraded))
-    return {"prompts": len(prompts)}
+    return len(prompts)

@@ -35,6 +35,8 @@ class Event(StrEnum):
     JUDGE_COST_CAP = "judge_cost_cap"
     RETRY_FAILED = "retry_failed"
     CLEANUP_FAILED = "cleanup_failed"
+    STAGE_MOVED = "stage_moved"
+    BOX_LOST = "box_lost"
 
 
 # What each event means, and the fields it adds to the common ones.
@@ -66,6 +68,14 @@ FIELDS: dict[Event, tuple[str, str]] = {
     Event.JUDGE_COST_CAP: ("--max-judge-cost was reached: judging stopped", "cost_usd, cells_left"),
     Event.RETRY_FAILED: ("--retry-failed began re-judging a run's failed cells", ""),
     Event.CLEANUP_FAILED: ("the final unload could not reach the backend", "message"),
+    Event.STAGE_MOVED: (
+        "a stage ran out of memory on a cluster box: what it did not finish goes to the boxes with more memory",
+        "box (where it failed), to (the bigger boxes), cause, message",
+    ),
+    Event.BOX_LOST: (
+        "a cluster box (the event's box) left while it ran this stage: another box redoes only the unfinished work",
+        "message",
+    ),
 }
 
 

@@ -245,6 +245,8 @@ FAULT_EVENTS = {
     Event.MODEL_FAILED,
     Event.RUN_STOPPED,
     Event.JUDGE_COST_CAP,
+    Event.STAGE_MOVED,
+    Event.BOX_LOST,
 }
 
 

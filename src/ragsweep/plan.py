@@ -16,7 +16,7 @@ from . import fmt
 from .backends.base import Backend, ModelInfo
 from .config import Settings
 from .judge_client import JudgeSpec, price_per_token
-from .platform import PlatformConfig
+from .platform import Budget, PlatformConfig
 from .retrievers import BASELINES, describe_retriever, needs_model
 from .store import Store
 
@@ -42,6 +42,7 @@ class Plan:
     answer_seconds: dict[str, float] = field(default_factory=dict)
     expected_bytes: dict[str, int] = field(default_factory=dict)  # memory each model will take, for the fit check
     splits_across_cards: bool = False  # the backend can spread one model over several cards (Ollama)
+    boxes: dict[str, Budget] = field(default_factory=dict)  # a cluster's boxes and their memory (empty: this machine)
     notes: list[str] = field(default_factory=list)  # what the backend wants the user to know before the run
 
     @classmethod
@@ -109,6 +110,7 @@ def make_plan(
     llms = [backend.describe(name, "llm") for name in llm_names]
     plan = Plan(retrievers, llms, questions, chunks, judge, top_k, splits_across_cards=backend.splits_across_cards)
     plan.notes = backend.plan_notes(retrievers + llms)
+    plan.boxes = backend.budgets()
     for retriever in retrievers:
         if needs_model(retriever.name):
             plan.cached_embeddings[retriever.name] = store.cached_embedding_count(retriever.digest)
@@ -122,16 +124,29 @@ def make_plan(
     return plan
 
 
-def fit(need: int | None, platform: PlatformConfig, splits: bool) -> str:
+def fit(need: int | None, budget: Budget) -> str:
     """Whether a model fits the card it would land on; or, where the backend splits a model across cards (Ollama), all of them."""
     if need is None:
         return "-"
-    budget = platform.pressure_threshold_bytes  # per card
-    if need < budget:
+    if need < budget.card_bytes:
         return f"yes (~{need / 1e9:.1f} GB)"
-    if splits and platform.device_count > 1 and need < budget * platform.device_count:
-        return f"yes, split over {platform.device_count} cards (~{need / 1e9:.1f} GB > {budget / 1e9:.1f} GB a card)"
-    return f"NO (~{need / 1e9:.1f} GB > {budget / 1e9:.1f} GB): a smaller num_ctx or partial offload (num_gpu) may fit"
+    if budget.cards > 1 and need < budget.capacity_bytes:
+        return f"yes, split over {budget.cards} cards (~{need / 1e9:.1f} GB > {budget.card_bytes / 1e9:.1f} GB a card)"
+    return f"NO (~{need / 1e9:.1f} GB > {budget.card_bytes / 1e9:.1f} GB a card): a smaller num_ctx or partial offload (num_gpu) may fit"
+
+
+def fit_on_boxes(need: int | None, boxes: dict[str, Budget]) -> str:
+    """The fit on each box of a cluster: a model that fits only the bigger boxes is moved there if it runs out of memory."""
+    if need is None:
+        return "-"
+    fits = {box: not fit(need, budget).startswith("NO") for box, budget in boxes.items()}
+    yes, no = [box for box, ok in fits.items() if ok], [box for box, ok in fits.items() if not ok]
+    if not no:
+        return f"yes on every box (~{need / 1e9:.1f} GB)"
+    largest = max(budget.capacity_bytes for budget in boxes.values())
+    if not yes:
+        return f"NO on any box (~{need / 1e9:.1f} GB > {largest / 1e9:.1f} GB, the largest): partial offload (num_gpu) may fit"
+    return f"yes on {', '.join(yes)}; NO on {', '.join(no)} (~{need / 1e9:.1f} GB)"
 
 
 def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
@@ -139,7 +154,8 @@ def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
     for column in ("model", "kind", "digest", "size", "license", "fits memory", "cache / speed"):
         table.add_column(column, no_wrap=column != "license")
     for model in plan.retrievers + plan.llms:
-        fits = fit(plan.expected_bytes.get(model.name), platform, plan.splits_across_cards)
+        need = plan.expected_bytes.get(model.name)
+        fits = fit_on_boxes(need, plan.boxes) if plan.boxes else fit(need, Budget.of(platform, plan.splits_across_cards))
         cached = (
             f"{plan.cached_embeddings[model.name]} vectors"
             if model.name in plan.cached_embeddings

@@ -33,6 +33,24 @@ class PlatformConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """The memory one model may take where it runs: one card's budget (the pressure threshold), and the cards it may spread over."""
+
+    card_bytes: int
+    cards: int = 1
+    splits: bool = False  # the backend spreads a model over several cards (Ollama); else it lands on one
+
+    @classmethod
+    def of(cls, platform: PlatformConfig, splits: bool) -> Budget:
+        return cls(platform.pressure_threshold_bytes, platform.device_count, splits)
+
+    @property
+    def capacity_bytes(self) -> int:
+        """The largest model that fits: what decides whether another box is bigger."""
+        return self.card_bytes * (self.cards if self.splits else 1)
+
+
 def detect_device() -> tuple[str, str, int, int]:
     """(device, name, memory of one card or of the system in bytes, number of cards)."""
     cuda = _nvml_device()

@@ -14,6 +14,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..platform import Budget
 
 Kind = Literal["embedding", "llm"]
 
@@ -142,6 +143,10 @@ class Backend(ABC):
     def plan_notes(self, models: list[ModelInfo]) -> list[str]:
         """Warnings for the plan about how these models will run here (say, on the CPU although a GPU exists)."""
         return []
+
+    def budgets(self) -> dict[str, Budget]:
+        """The memory of each box the models run on, by box name; empty: they run on this machine."""
+        return {}
 
     def versions(self) -> dict[str, str]:
         """Versions of the software that runs the models, for run.json."""
