@@ -2,6 +2,7 @@
 
 import csv
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -236,6 +237,86 @@ def test_sigterm_on_the_head_stops_the_boxes_and_they_unload(scheduler, tmp_path
     assert (latest_run_dir(tmp_path / "r") / "report.md").is_file()
 
 
+def make_certificates(folder) -> dict[str, str]:
+    """A throwaway CA and one certificate it signed for 127.0.0.1, used by the scheduler, the box and the head alike."""
+    folder.mkdir(exist_ok=True)
+    if not shutil.which("openssl"):
+        pytest.skip("needs the openssl command to make test certificates")
+    openssl = lambda *args: subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)  # noqa: E731
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "box.key", "-out", "box.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    signing = ["-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", "san.ext"]
+    openssl("x509", "-req", "-in", "box.csr", *signing, "-out", "box.pem", "-days", "1")
+    return {"ca": str(folder / "ca.pem"), "cert": str(folder / "box.pem"), "key": str(folder / "box.key")}
+
+
+def test_a_tls_scheduler_serves_boxes_and_head_that_hold_its_certificates_and_refuses_plain_tcp(tmp_path):
+    from distributed.security import Security
+
+    from ragsweep.cluster import security
+
+    files = make_certificates(tmp_path)
+    tls = security("tls://x", files["ca"], files["cert"], files["key"])  # what the head and the box build from their settings
+    cert, key = files["cert"], files["key"]
+    scheduler_tls = Security(
+        tls_ca_file=files["ca"],
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        require_encryption=True,
+    )
+    with (
+        distributed.LocalCluster(
+            n_workers=0,
+            processes=False,
+            protocol="tls://",
+            host="127.0.0.1",
+            scheduler_port=0,
+            dashboard_address=None,
+            security=scheduler_tls,
+        ) as cluster,
+        OllamaEmulator() as emu,
+    ):
+        address = cluster.scheduler_address
+        assert address.startswith("tls://")
+        flags = ["--tls-ca-file", files["ca"], "--tls-cert", files["cert"], "--tls-key", files["key"]]
+        box = subprocess.Popen(
+            command("worker", address, "--name", "box-tls", "--backend", "ollama", "--ollama-host", emu.url, *flags),
+            env=emulated_gpu_env(emu),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            with distributed.Client(address, timeout="10s", security=tls) as client:
+                client.wait_for_workers(1, timeout=60)
+            config = tmp_path / "run.yaml"
+            config.write_text(
+                f"cluster_tls_ca_file: {files['ca']}\ncluster_tls_cert: {files['cert']}\ncluster_tls_key: {files['key']}\n"
+                "cluster_wait_s: 2\n"
+            )
+            common = ["--backend", "ollama", "--cluster", address, *matrix("llama3.2:3b", "bm25", 2), "--quiet"]
+            data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
+            result = run_cli("--config", config, *common, *data, "--results-dir", tmp_path / "r")
+            plain = run_cli(*common, *data, "--results-dir", tmp_path / "plain", timeout=60)
+            other = make_certificates(tmp_path / "other")  # a certificate the scheduler's CA did not sign
+            (tmp_path / "other.yaml").write_text(
+                f"cluster_tls_ca_file: {other['ca']}\ncluster_tls_cert: {other['cert']}\ncluster_tls_key: {other['key']}\n"
+            )
+            stranger = run_cli("--config", tmp_path / "other.yaml", *common, *data, "--results-dir", tmp_path / "o", timeout=60)
+        finally:
+            box.kill()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert emu.state.work[("answers", "llama3.2:3b")] == 2  # the answers were made on the box, over TLS
+    assert all(r["answer"] and not r["error"] for r in samples(tmp_path / "r").values())
+    assert plain.returncode == 2 and f"{address} needs a CA file, a certificate and a key: set cluster_tls_ca_file" in plain.stderr
+    assert (
+        stranger.returncode == 3 and f"no Dask scheduler at {address}" in stranger.stderr and stranger.stderr.count("\n") == 1
+    )  # the wrong certificate, no way in
+
+
 def test_no_box_within_cluster_wait_s_is_exit_3_naming_the_scheduler(scheduler, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("cluster_wait_s: 1\n")
@@ -265,3 +346,18 @@ def test_versions_must_match(monkeypatch):
 
     with pytest.raises(Exception, match="box box-b has torch 2.11.0, the head has 2.13.0"):
         cluster.require_same_versions(Client(), {"ragsweep": "abc", "torch": "2.13.0"})
+
+
+def test_tls_settings_are_all_or_nothing_and_match_the_address(tmp_path):
+    from ragsweep.cluster import security
+    from ragsweep.errors import ConfigError
+
+    (tmp_path / "ca.pem").write_text("x")
+    ca = tmp_path / "ca.pem"
+    assert security("tcp://127.0.0.1:8786", None, None, None) is None  # an SSH tunnel: plain TCP
+    with pytest.raises(ConfigError, match=r"tls://h:1 needs a CA file, a certificate and a key: set --tls-ca-file"):
+        security("tls://h:1", ca, None, None, where="--tls-ca-file, --tls-cert and --tls-key")
+    with pytest.raises(ConfigError, match=r"TLS files are set but the address is not tls:// — use tls://h:1"):
+        security("tcp://h:1", ca, ca, ca)
+    with pytest.raises(ConfigError, match=r"the TLS key .*nope.key does not exist \(cluster_tls_ca_file"):
+        security("tls://h:1", ca, ca, tmp_path / "nope.key")

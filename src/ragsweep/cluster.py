@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .backends import get_backend
@@ -47,7 +48,7 @@ class ClusterBackend(Backend):
     def check(self) -> None:
         from . import cluster_worker
 
-        tls = security(self.settings.cluster_tls_ca_file, self.settings.cluster_tls_cert, self.settings.cluster_tls_key)
+        tls = security(self.address, self.settings.cluster_tls_ca_file, self.settings.cluster_tls_cert, self.settings.cluster_tls_key)
         self.client = connect(self.address, tls)
         self.boxes = wait_for_boxes(self.client, self.settings.backend, self.settings.cluster_wait_s)
         require_same_versions(self.client, cluster_worker.identity())
@@ -108,14 +109,25 @@ def backend_for(settings, device: str) -> Backend:
     return ClusterBackend.from_settings(settings, device) if settings.cluster else get_backend(settings, device)
 
 
-def security(ca_file, cert, key):
-    """Dask TLS for boxes that cannot tunnel (all three files, or none: plain TCP, for an SSH tunnel)."""
-    if not (ca_file or cert or key):
+def security(address: str, ca_file, cert, key, where: str = "cluster_tls_ca_file, cluster_tls_cert and cluster_tls_key"):
+    """Dask TLS for boxes that cannot tunnel: a tls:// address needs all three files; tcp:// (an SSH tunnel) needs none."""
+    files = {"CA file": ca_file, "certificate": cert, "key": key}
+    given = {name: Path(path) for name, path in files.items() if path}
+    if not address.startswith("tls://"):
+        if given:
+            raise ConfigError(f"{address}: TLS files are set but the address is not tls:// — use tls://{address.split('://')[-1]}")
         return None
+    if len(given) < len(files):
+        raise ConfigError(f"{address} needs a CA file, a certificate and a key: set {where}")
+    for name, path in given.items():
+        if not path.is_file():
+            raise ConfigError(f"{address}: the TLS {name} {path} does not exist ({where})")
     from distributed.security import Security
 
-    files = {"tls_ca_file": str(ca_file), "tls_client_cert": str(cert), "tls_client_key": str(key)}
-    return Security(**files, tls_worker_cert=str(cert), tls_worker_key=str(key), require_encryption=True)
+    ca_file, cert, key = (str(path) for path in given.values())
+    return Security(
+        tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True
+    )
 
 
 def connect(address: str, tls=None):

@@ -45,7 +45,7 @@ def serve(args) -> int:
     for key, value in (("name", args.name), ("backend", args.backend), ("ollama_host", args.ollama_host)):
         if value:
             os.environ[ENV[key]] = value  # the stage tasks run in this process: they read this box's settings here
-    tls = security(args.tls_ca_file, args.tls_cert, args.tls_key)
+    tls = security(args.scheduler, args.tls_ca_file, args.tls_cert, args.tls_key, where="--tls-ca-file, --tls-cert and --tls-key")
     tunnel = {"host": "127.0.0.1", "port": args.port, "contact_address": f"tcp://127.0.0.1:{args.port}"} if args.port else {}
 
     async def run() -> None:
