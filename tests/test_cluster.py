@@ -9,6 +9,7 @@ import time
 from collections import Counter
 
 import pytest
+from tcp_forward import Forward
 
 from cli import command, emulated_gpu_env, latest_run_dir, matrix, ollama_flags, run_cli, start_cli
 from conftest import DEMO
@@ -140,6 +141,40 @@ def test_a_box_lost_mid_generation_costs_only_the_answers_in_flight(scheduler, t
     report = (latest_run_dir(tmp_path / "r") / "report.md").read_text()
     assert f"generate {lost[0]['model']}: box lost: box {victim} left the cluster" in report
     assert answered <= distinct + 2  # what was finished was not asked again; at most the answers in flight were lost
+
+
+def test_with_every_box_gone_the_head_waits_cluster_wait_s_then_exits_3_and_the_same_command_resumes(scheduler, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("cluster_wait_s: 2\n")
+    args = ["--config", config, *head_args(scheduler, tmp_path / "r")]
+    with OllamaEmulator(call_s=0.05) as first, OllamaEmulator() as second:
+        box = start_box(scheduler, "box-a", first)
+        try:
+            wait_for(scheduler, 1)
+            head = start_cli(*args)
+            deadline = time.monotonic() + 120
+            while not any(first.state.work[("answers", m)] >= 3 for m in ("llama3.2:3b", "qwen2.5:7b")):
+                assert head.poll() is None and time.monotonic() < deadline, head.communicate()
+                time.sleep(0.01)
+            box.kill()
+            out, err = head.communicate(timeout=120)
+        finally:
+            box.kill()
+        made = sum(v for (kind, _), v in first.state.work.items() if kind == "answers")
+        box = start_box(scheduler, "box-b", second)
+        try:
+            wait_for(scheduler, 1)
+            resumed = run_cli(*args)
+        finally:
+            box.kill()
+        remade = sum(v for (kind, _), v in second.state.work.items() if kind == "answers")
+    assert head.returncode == 3, out + err
+    assert "no box left on the Dask scheduler for 2 s — finished work is saved" in out + err
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    rows = samples(tmp_path / "r")
+    assert len(rows) == 24 and all(r["answer"] and not r["error"] for r in rows.values())
+    distinct = len({(r["llm"], r["answer"], r["retrieved_ids"]) for r in rows.values()})
+    assert 3 <= made and made + remade <= distinct + 2  # the second box made only what the first had not finished
 
 
 def test_a_model_that_fits_no_box_fails_with_its_reason_and_the_rest_completes(scheduler, tmp_path):
@@ -317,6 +352,38 @@ def test_a_tls_scheduler_serves_boxes_and_head_that_hold_its_certificates_and_re
     )  # the wrong certificate, no way in
 
 
+def test_a_box_behind_a_tunnel_reaches_the_scheduler_through_it_and_serves_on_its_port(scheduler, tmp_path):
+    """The README's SSH recipe on one machine: the box dials a forwarded port (ssh -L), not the scheduler's, and
+    `--port` fixes where the head finds the box (what ssh -R forwards)."""
+    port = free_port()
+    with Forward(int(scheduler.rsplit(":", 1)[1])) as tunnel, OllamaEmulator() as emu:
+        flags = ["--name", "box-t", "--backend", "ollama", "--ollama-host", emu.url, "--port", port]
+        box = subprocess.Popen(
+            command("worker", f"tcp://127.0.0.1:{tunnel.port}", *flags),
+            env=emulated_gpu_env(emu),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(scheduler, 1)
+            with distributed.Client(scheduler, timeout="10s") as client:
+                [address] = client.scheduler_info(n_workers=-1)["workers"]
+            args = ["--backend", "ollama", "--cluster", scheduler, *matrix("llama3.2:3b", "bm25", 2), "--quiet"]
+            result = run_cli(*args, "--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl", "--results-dir", tmp_path)
+        finally:
+            box.kill()
+    assert address == f"tcp://127.0.0.1:{port}" and tunnel.connections >= 1
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert emu.state.work[("answers", "llama3.2:3b")] == 2
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_no_box_within_cluster_wait_s_is_exit_3_naming_the_scheduler(scheduler, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("cluster_wait_s: 1\n")
@@ -325,9 +392,7 @@ def test_no_box_within_cluster_wait_s_is_exit_3_naming_the_scheduler(scheduler, 
 
 
 def test_a_dead_scheduler_is_exit_3_within_seconds(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     started = time.monotonic()
     result = run_cli("--backend", "ollama", "--cluster", f"tcp://127.0.0.1:{port}", "--results-dir", tmp_path, "--dry-run", timeout=60)
     assert result.returncode == 3 and "no Dask scheduler at" in result.stderr and result.stderr.count("\n") == 1

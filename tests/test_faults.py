@@ -185,5 +185,5 @@ def test_the_plan_marks_a_model_that_cannot_fit(tmp_path):
         result = run(emu, tmp_path / "results", "--dry-run", llms="llama3.2:3b,qwen2.5:7b", quiet=False)
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if "qwen2.5:7b" in line)
-    assert "NO (~6.3 GB > 4.5 GB): a smaller num_ctx or partial offload (num_gpu) may fit" in line
+    assert "NO (~6.3 GB > 4.5 GB a card): a smaller num_ctx or partial offload (num_gpu) may fit" in line
     assert "NO" not in next(line for line in result.stdout.splitlines() if "llama3.2:3b" in line)

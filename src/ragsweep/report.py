@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from .findings import MEAN_COLUMNS, RunReport, fault_lines, judge_usage, load_re
 from .fmt import gb, interval, is_nan, number, plus_minus
 from .html_report import render_html
 from .metrics import JUDGE_METRICS
+from .redact import redact
 from .store import Store
 
 if TYPE_CHECKING:
@@ -268,6 +270,8 @@ def print_outcome(run: RunContext, console: Console) -> None:
         unjudged = sum(1 for j in run.store.judgements(run.run_id) if j["value"] is None)
         if unjudged:
             console.print(f"note: {unjudged} judge cells failed (NaN): see judge_errors.csv; retry them with --retry-failed")
+    elif run.outcome.resumable and run.outcome.reason:  # cron's mail: why it stopped, above the closing line
+        print(f"ragsweep: {redact(run.outcome.reason)}", file=sys.stderr)
     print(run.outcome.line(run.run_id, run.timings.get("wall_s", 0.0), run.run_dir))
 
 
