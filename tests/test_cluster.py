@@ -246,6 +246,47 @@ def test_out_of_memory_on_a_small_box_moves_the_unfinished_work_to_a_bigger_one(
     assert "generate qwen2.5:7b: stage moved: " in report.split("## Faults and recoveries")[1]
 
 
+@pytest.mark.parametrize("another_joins", [True, False], ids=["a-bigger-box-joins", "none-joins"])
+def test_a_move_whose_bigger_box_dies_waits_for_a_bigger_box(scheduler, tmp_path, another_joins):
+    """qwen2.5:7b moves from the 5 GB box to box-big, which dies before it runs it. box-big-2 joins and answers; or none
+    does, and after cluster_wait_s qwen's samples fail with where it went."""
+    config = tmp_path / "run.yaml"
+    config.write_text("cluster_wait_s: 3\n")
+    with OllamaEmulator(total_vram=5 * 1024**3, system_ram=1024**3) as small, OllamaEmulator() as big, OllamaEmulator() as later:
+        boxes = {"box-small": start_box(scheduler, "box-small", small), "box-big": start_box(scheduler, "box-big", big)}
+        try:
+            wait_for(scheduler, 2)
+            args = ["--config", config, "--backend", "ollama", "--cluster", scheduler, *matrix("qwen2.5:7b", "bm25", 3), "--quiet"]
+            with distributed.Client(scheduler, timeout="10s") as client:
+                [big_box] = [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == "box-big"]
+                hold = client.submit(lambda: distributed.Event("hold-box-big").wait(300), resources={"gpu": 1}, workers=[big_box])
+                while not client.processing(workers=[big_box])[big_box]:
+                    time.sleep(0.05)
+                data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
+                head = start_cli(*args, *data, "--results-dir", tmp_path / "r")
+                deadline = time.monotonic() + 120
+                while not any(e["event"] == "stage_moved" for e in events_of(tmp_path / "r")):
+                    assert head.poll() is None and time.monotonic() < deadline, head.communicate()
+                    time.sleep(0.05)
+                boxes["box-big"].kill()  # with the task that held it
+                boxes["box-big"].wait()
+                del hold
+                if another_joins:
+                    boxes["box-big-2"] = start_box(scheduler, "box-big-2", later)
+                out, err = head.communicate(timeout=120)
+        finally:
+            for box in boxes.values():
+                box.kill()
+    rows = samples(tmp_path / "r").values()
+    assert big.state.work[("answers", "qwen2.5:7b")] == 0
+    if another_joins:
+        assert head.returncode == 0, out + err
+        assert later.state.work[("answers", "qwen2.5:7b")] == 3 and all(r["answer"] and not r["error"] for r in rows)
+    else:
+        assert head.returncode == 1, out + err
+        assert all("box-big left before it could run there" in r["error"] for r in rows) and len(rows) == 3
+
+
 def test_sigterm_on_the_head_stops_the_boxes_and_they_unload(scheduler, tmp_path):
     import signal
 

@@ -94,8 +94,9 @@ class ClusterBackend(Backend):
 
     def bigger_boxes(self, capacity_bytes: int) -> dict[str, str]:
         """The boxes connected now (one may have joined since the plan) that fit a larger model: name -> address."""
-        self.boxes.update(find_boxes(self.client, self.settings.backend))
-        return {name: box["address"] for name, box in self.boxes.items() if Budget(**box["budget"]).capacity_bytes > capacity_bytes}
+        present = find_boxes(self.client, self.settings.backend)
+        self.boxes.update(present)
+        return {name: box["address"] for name, box in present.items() if Budget(**box["budget"]).capacity_bytes > capacity_bytes}
 
     def versions(self) -> dict[str, str]:
         return {f"box {name}": box["ragsweep"] for name, box in self.boxes.items()}
@@ -229,6 +230,7 @@ class Stage:
     box: str | None = None  # where its model was last loaded
     tried: list[str] = field(default_factory=list)  # "box: why" for each box that could not finish it
     targets: dict[str, str] = field(default_factory=dict)  # the bigger boxes it was moved to (name -> address); empty: any box
+    outgrown: int = 0  # the capacity of the largest box it ran out of memory on: it may only go to bigger ones
     stranded_since: float | None = None  # when the last of its target boxes left
     attempts: int = 0
     ended: bool = False
@@ -345,7 +347,8 @@ def _finish(ctx: RunContext, stage: Stage) -> None:
     if failed:
         stage.tried.append(f"{result['box']}: {failed['message']}")
     if (failed and failed["cause"] == "out_of_memory") or stage.out_of_memory:
-        bigger = ctx.backend.bigger_boxes(result["capacity_bytes"])
+        stage.outgrown = max(stage.outgrown, result["capacity_bytes"])
+        bigger = ctx.backend.bigger_boxes(stage.outgrown)
         if bigger:
             redo = stage.out_of_memory
             for key in redo:  # answered again on the bigger box
@@ -376,11 +379,12 @@ def _give_up(ctx: RunContext, stage: Stage, cause: str, message: str, **where) -
     stage.ended = True
 
 
-def _note_lost_boxes(ctx: RunContext, stages: dict[str, Stage], before: set[str] | None) -> set[str]:
-    """A box that left while it ran a stage is an event and a report line; Dask gives its task to another box."""
-    workers = ctx.backend.client.scheduler_info(n_workers=-1)["workers"].values()
-    present = {str(w.get("name")) for w in workers if w.get("resources", {}).get("gpu")}
-    for box in (before or set()) - present:
+def _note_lost_boxes(ctx: RunContext, stages: dict[str, Stage], before: dict[str, str] | None) -> dict[str, str]:
+    """The boxes present now (name -> address). One that left while it ran a stage is an event and a report line;
+    Dask gives its task to another box."""
+    workers = ctx.backend.client.scheduler_info(n_workers=-1)["workers"]
+    present = {str(w.get("name")): address for address, w in workers.items() if w.get("resources", {}).get("gpu")}
+    for box in set(before or {}) - set(present):
         for stage in stages.values():
             if stage.box == box and not stage.ended:
                 ctx.log.event(
@@ -393,11 +397,17 @@ def _note_lost_boxes(ctx: RunContext, stages: dict[str, Stage], before: set[str]
     return present
 
 
-def _give_up_stranded(ctx: RunContext, stages: dict[str, Stage], present: set[str]) -> None:
-    """A stage moved to bigger boxes that have all left waits cluster_wait_s for one to return, then fails (resumable)."""
+def _give_up_stranded(ctx: RunContext, stages: dict[str, Stage], present: dict[str, str]) -> None:
+    """A stage moved to bigger boxes that have all left goes to any bigger box that (re)joined; with none for
+    cluster_wait_s, that model fails (resumable)."""
     for stage in stages.values():
-        if stage.ended or not stage.targets or present & set(stage.targets):
+        if stage.ended or not stage.targets or any(present.get(name) == address for name, address in stage.targets.items()):
             stage.stranded_since = None
+            continue
+        bigger = ctx.backend.bigger_boxes(stage.outgrown)
+        if bigger:  # a box with more memory came (back), at a new address: the task's restriction must name it
+            ctx.backend.client.cancel([stage.future])
+            _submit(ctx.backend.client, stage, bigger)
             continue
         stage.stranded_since = stage.stranded_since or time.monotonic()
         if time.monotonic() - stage.stranded_since > ctx.settings.cluster_wait_s:
@@ -406,7 +416,7 @@ def _give_up_stranded(ctx: RunContext, stages: dict[str, Stage], present: set[st
             _give_up(ctx, stage, "cluster", stage.tried[-1])
 
 
-def _no_box_left(ctx: RunContext, present: set[str], since: float | None) -> float | None:
+def _no_box_left(ctx: RunContext, present: dict[str, str], since: float | None) -> float | None:
     """With every box gone, wait cluster_wait_s for one to come back, then stop (exit 3, resumable)."""
     if present:
         return None
