@@ -147,13 +147,23 @@ def find_boxes(client, backend: str) -> dict[str, dict[str, Any]]:
     """Every connected worker with a gpu slot, with what it says of itself (memory, versions)."""
     from . import cluster_worker
 
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    boxes = {str(w["name"]): {"address": address, "gpus": int(w.get("resources", {}).get("gpu", 0))} for address, w in workers.items()}
-    boxes = {name: box for name, box in boxes.items() if box["gpus"] > 0}
+    boxes = {str(w["name"]): {"address": address, "gpus": int(w["resources"]["gpu"])} for address, w in gpu_workers(client).items()}
     if boxes:
         facts = client.run(cluster_worker.facts, backend, workers=[box["address"] for box in boxes.values()], on_error="return")
         boxes = {name: {**box, **facts[box["address"]]} for name, box in boxes.items() if isinstance(facts.get(box["address"]), dict)}
     return boxes
+
+
+def gpu_workers(client) -> dict[str, dict[str, Any]]:
+    """The scheduler's workers with a gpu slot, by address, asked now: Client.scheduler_info returns a cache that
+    Dask's background refresh can replace with one listing no worker at all."""
+    try:
+        identity = client.sync(client.scheduler.identity, n_workers=-1)
+    except OSError as error:
+        raise BackendUnavailableError(
+            f"the Dask scheduler stopped answering ({error}) — finished work is saved: run the same command again"
+        ) from None
+    return {address: w for address, w in identity["workers"].items() if w.get("resources", {}).get("gpu")}
 
 
 def wait_for_boxes(client, backend: str, wait_s: float) -> dict[str, dict[str, Any]]:
@@ -382,8 +392,7 @@ def _give_up(ctx: RunContext, stage: Stage, cause: str, message: str, **where) -
 def _note_lost_boxes(ctx: RunContext, stages: dict[str, Stage], before: dict[str, str] | None) -> dict[str, str]:
     """The boxes present now (name -> address). One that left while it ran a stage is an event and a report line;
     Dask gives its task to another box."""
-    workers = ctx.backend.client.scheduler_info(n_workers=-1)["workers"]
-    present = {str(w.get("name")): address for address, w in workers.items() if w.get("resources", {}).get("gpu")}
+    present = {str(w.get("name")): address for address, w in gpu_workers(ctx.backend.client).items()}
     for box in set(before or {}) - set(present):
         for stage in stages.values():
             if stage.box == box and not stage.ended:
