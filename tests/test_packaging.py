@@ -1,8 +1,9 @@
 """`pip install -e .` gives a `ragsweep` command that is `python src/benchmark.py`."""
 
-import shutil
 import subprocess
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import benchmark
 from cli import run_cli
@@ -27,7 +28,8 @@ def test_the_ragsweep_command_plans_like_the_entry(tmp_path):
         "--results-dir",
         str(tmp_path),
     ]
-    installed = subprocess.run([shutil.which("ragsweep"), *args], capture_output=True, text=True, timeout=120, check=False)
+    script = Path(sys.executable).with_name("ragsweep")  # installed beside this interpreter, whether or not the venv is on PATH
+    installed = subprocess.run([str(script), *args], capture_output=True, text=True, timeout=120, check=False)
     entry = run_cli(*args, timeout=120)
     assert installed.returncode == entry.returncode == 0, installed.stderr + entry.stderr
     assert installed.stdout == entry.stdout and "model loads: 2 (E + L)" in installed.stdout
