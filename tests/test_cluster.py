@@ -5,13 +5,14 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections import Counter
 
 import pytest
 from tcp_forward import Forward
 
-from cli import command, emulated_gpu_env, latest_run_dir, matrix, ollama_flags, run_cli, start_cli
+from cli import BENCHMARK, command, emulated_gpu_env, latest_run_dir, matrix, ollama_flags, run_cli, start_cli
 from conftest import DEMO
 from ollama_emulator import Fault, OllamaEmulator
 
@@ -285,6 +286,47 @@ def test_a_move_whose_bigger_box_dies_waits_for_a_bigger_box(scheduler, tmp_path
     else:
         assert head.returncode == 1, out + err
         assert all("box-big left before it could run there" in r["error"] for r in rows) and len(rows) == 3
+
+
+def test_a_box_that_joins_after_the_plan_with_other_sources_is_refused_and_its_task_runs_on_a_checked_box(scheduler, tmp_path):
+    """box-a is checked at the plan and held busy; box-b joins later from an edited copy of src/, takes a stage task,
+    refuses it (its ragsweep sources differ), and the task goes back to box-a. box-b loads nothing."""
+    edited = tmp_path / "checkout"
+    shutil.copytree(BENCHMARK.parent, edited / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (edited / "src" / "ragsweep" / "fmt.py").open("a").write("# edited on this box only\n")
+    with OllamaEmulator() as a, OllamaEmulator() as b:
+        boxes = [start_box(scheduler, "box-a", a)]
+        try:
+            wait_for(scheduler, 1)
+            with distributed.Client(scheduler, timeout="10s") as client:
+                [box_a] = client.scheduler_info(n_workers=-1)["workers"]
+                hold = client.submit(lambda: distributed.Event("hold-box-a").wait(300), resources={"gpu": 1}, workers=[box_a])
+                while not client.processing(workers=[box_a])[box_a]:
+                    time.sleep(0.05)
+                args = ["--backend", "ollama", "--cluster", scheduler, *matrix("llama3.2:3b", "bm25", 3), "--quiet"]
+                data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
+                head = start_cli(*args, *data, "--results-dir", tmp_path / "r")
+                deadline = time.monotonic() + 120
+                while not any(e["event"] == "stage_start" for e in events_of(tmp_path / "r")):  # the plan is done
+                    assert head.poll() is None and time.monotonic() < deadline, head.communicate()
+                    time.sleep(0.05)
+                late = [sys.executable, edited / "src" / "benchmark.py", *command("worker", scheduler)[2:]]
+                late += ["--name", "box-b", "--backend", "ollama", "--ollama-host", b.url]
+                boxes.append(subprocess.Popen(late, env=emulated_gpu_env(b), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                while not any(e["event"] == "box_refused" for e in events_of(tmp_path / "r")):
+                    assert head.poll() is None and time.monotonic() < deadline, head.communicate()
+                    time.sleep(0.05)
+                distributed.Event("hold-box-a", client=client).set()
+                out, err = head.communicate(timeout=120)
+                hold.result()
+        finally:
+            for box in boxes:
+                box.kill()
+    assert head.returncode == 0, out + err
+    assert not b.state.loads and a.state.work[("answers", "llama3.2:3b")] == 3
+    [refused] = [e for e in events_of(tmp_path / "r") if e["event"] == "box_refused"]
+    assert refused["box"] == "box-b" and refused["message"].startswith("box box-b has ragsweep ")
+    assert all(r["answer"] and not r["error"] for r in samples(tmp_path / "r").values())
 
 
 def test_sigterm_on_the_head_stops_the_boxes_and_they_unload(scheduler, tmp_path):

@@ -40,6 +40,7 @@ class ClusterBackend(Backend):
         self.client = None
         self.boxes: dict[str, dict[str, Any]] = {}  # box name -> its slots, NVML total, versions
         self.failures: dict[str, str] = {}  # model -> why no box could run it
+        self.refused: set[str] = set()  # boxes that joined after the plan with other versions: no stage runs there
 
     @classmethod
     def from_settings(cls, settings, device: str) -> ClusterBackend:
@@ -50,8 +51,9 @@ class ClusterBackend(Backend):
 
         tls = security(self.address, self.settings.cluster_tls_ca_file, self.settings.cluster_tls_cert, self.settings.cluster_tls_key)
         self.client = connect(self.address, tls)
-        self.boxes = wait_for_boxes(self.client, self.settings.backend, self.settings.cluster_wait_s)
-        require_same_versions(self.client, cluster_worker.identity())
+        wait_for_boxes(self.client, self.settings.cluster_wait_s)
+        require_same_versions(self.client, cluster_worker.identity())  # first: a box with other sources may lack what facts() needs
+        self.boxes = find_boxes(self.client, self.settings.backend)
 
     def describe(self, name: str, kind) -> ModelInfo:
         """On every box: a model must exist everywhere, with the same digest, or results would not be comparable."""
@@ -92,11 +94,12 @@ class ClusterBackend(Backend):
     def budgets(self) -> dict[str, Budget]:
         return {name: Budget(**box["budget"]) for name, box in self.boxes.items()}
 
-    def bigger_boxes(self, capacity_bytes: int) -> dict[str, str]:
-        """The boxes connected now (one may have joined since the plan) that fit a larger model: name -> address."""
-        present = find_boxes(self.client, self.settings.backend)
+    def allowed_boxes(self, larger_than: int = 0) -> dict[str, str]:
+        """The boxes connected now (one may have joined since the plan), but the refused ones, with more memory than
+        `larger_than` bytes: name -> address."""
+        present = {name: box for name, box in find_boxes(self.client, self.settings.backend).items() if name not in self.refused}
         self.boxes.update(present)
-        return {name: box["address"] for name, box in present.items() if Budget(**box["budget"]).capacity_bytes > capacity_bytes}
+        return {name: box["address"] for name, box in present.items() if Budget(**box["budget"]).capacity_bytes > larger_than}
 
     def versions(self) -> dict[str, str]:
         return {f"box {name}": box["ragsweep"] for name, box in self.boxes.items()}
@@ -166,17 +169,16 @@ def gpu_workers(client) -> dict[str, dict[str, Any]]:
     return {address: w for address, w in identity["workers"].items() if w.get("resources", {}).get("gpu")}
 
 
-def wait_for_boxes(client, backend: str, wait_s: float) -> dict[str, dict[str, Any]]:
-    """The boxes; exit 3 when none comes within `wait_s`."""
+def wait_for_boxes(client, wait_s: float) -> None:
+    """Until a worker with a gpu slot is connected; exit 3 when none comes within `wait_s`."""
     deadline = time.monotonic() + wait_s
-    while not (boxes := find_boxes(client, backend)):
+    while not gpu_workers(client):
         if time.monotonic() > deadline:
             raise BackendUnavailableError(
                 f"no worker with a free gpu slot joined the Dask scheduler {client.scheduler.address} within "
                 f"{wait_s:.0f} s — start one: python src/benchmark.py worker {client.scheduler.address} --name BOX"
             )
         time.sleep(0.5)
-    return boxes
 
 
 def require_same_versions(client, head: dict[str, Any]) -> None:
@@ -187,14 +189,9 @@ def require_same_versions(client, head: dict[str, Any]) -> None:
         client.get_versions(check=True)
     except ValueError as error:
         raise ConfigError(f"Dask versions differ between the head and the boxes: {str(error).splitlines()[0]}") from None
-    for address, identity in client.run(cluster_worker.identity).items():
-        for package, version in head.items():
-            if package != "box" and identity.get(package) != version:
-                name = identity.get("box", address)
-                raise ConfigError(
-                    f"box {name} has {package} {identity.get(package)}, the head has {version} — install the same "
-                    "checkout and requirements on every box"
-                )
+    for identity in client.run(cluster_worker.identity).values():
+        if difference := cluster_worker.version_difference(head, identity):
+            raise ConfigError(difference)
 
 
 def fill_embeddings(ctx: RunContext, retrievers: list[ModelInfo], chunks, questions: list[Question]) -> None:
@@ -256,18 +253,20 @@ def _run_jobs(ctx: RunContext, stage: str, jobs: dict[str, dict]) -> None:
     from distributed import Event as DaskEvent
     from distributed import Queue, Variable
 
+    from . import cluster_worker
+
     if not jobs:
         return
     client, tag = ctx.backend.client, f"ragsweep-{ctx.run_id}-{stage}"
     queue, stop = Queue(f"{tag}-stream", client=client), DaskEvent(f"{tag}-stop", client=client)
-    settings = ctx.settings.public_dict()
+    settings, head = ctx.settings.public_dict(), cluster_worker.identity()
     stages = {}
     for index, (name, job) in enumerate(jobs.items()):
         done = Variable(f"{tag}-done-{index}", client=client)
-        job.update(queue=queue.name, stop=stop.name, done=done.name, settings=settings, stage=stage, key=f"{tag}-{index}")
+        job.update(queue=queue.name, stop=stop.name, done=done.name, settings=settings, stage=stage, key=f"{tag}-{index}", head=head)
         done.set([])
         stages[name] = Stage(name, job, done)
-        _submit(client, stages[name])
+        _submit(client, stages[name], ctx.backend.allowed_boxes() if ctx.backend.refused else None)
     try:
         _drain(ctx, queue, stages)
     except BaseException:
@@ -277,7 +276,8 @@ def _run_jobs(ctx: RunContext, stage: str, jobs: dict[str, dict]) -> None:
 
 
 def _submit(client, stage: Stage, targets: dict[str, str] | None = None) -> None:
-    """The stage's task: anywhere with a free gpu slot, or only on `targets` (name -> address) when it moves to more memory."""
+    """The stage's task: on any box with a free gpu slot, or only on `targets` (name -> address): the bigger boxes
+    when it moves to more memory, the boxes present but the refused ones after a box with other versions joined."""
     from .cluster_worker import run_stage_on_box
 
     stage.targets, stage.attempts = targets or {}, stage.attempts + 1
@@ -354,11 +354,18 @@ def _finish(ctx: RunContext, stage: Stage) -> None:
         return
     result = stage.future.result()
     failed = result.get("failed")
+    if failed and failed["cause"] == "version_mismatch":  # a box that joined after the plan, with other sources or libraries
+        ctx.backend.refused.add(result["box"])
+        ctx.log.event(Event.BOX_REFUSED, stage.job["stage"], stage.name, box=result["box"], message=failed["message"])
+        allowed = ctx.backend.allowed_boxes(stage.outgrown)
+        if allowed:
+            _submit(ctx.backend.client, stage, allowed)
+            return
     if failed:
         stage.tried.append(f"{result['box']}: {failed['message']}")
     if (failed and failed["cause"] == "out_of_memory") or stage.out_of_memory:
         stage.outgrown = max(stage.outgrown, result["capacity_bytes"])
-        bigger = ctx.backend.bigger_boxes(stage.outgrown)
+        bigger = ctx.backend.allowed_boxes(stage.outgrown)
         if bigger:
             redo = stage.out_of_memory
             for key in redo:  # answered again on the bigger box
@@ -413,7 +420,7 @@ def _give_up_stranded(ctx: RunContext, stages: dict[str, Stage], present: dict[s
         if stage.ended or not stage.targets or any(present.get(name) == address for name, address in stage.targets.items()):
             stage.stranded_since = None
             continue
-        bigger = ctx.backend.bigger_boxes(stage.outgrown)
+        bigger = ctx.backend.allowed_boxes(stage.outgrown)
         if bigger:  # a box with more memory came (back), at a new address: the task's restriction must name it
             ctx.backend.client.cancel([stage.future])
             _submit(ctx.backend.client, stage, bigger)

@@ -89,6 +89,17 @@ def identity() -> dict[str, str]:
     return found
 
 
+def version_difference(head: dict[str, str], box: dict[str, str]) -> str | None:
+    """The first package whose version differs between the head and a box, in words; None when they match."""
+    for package, wanted in head.items():
+        if package != "box" and box.get(package) != wanted:
+            return (
+                f"box {box.get('box')} has {package} {box.get(package)}, the head has {wanted} — install the same "
+                "checkout and requirements on every box"
+            )
+    return None
+
+
 def facts(head_backend: str) -> dict[str, Any]:
     """What the head's plan shows of this box, and the memory budget that decides where a model out of memory may go next."""
     platform = get_platform_config()
@@ -141,6 +152,8 @@ def run_stage_on_box(job: dict[str, Any]) -> dict[str, Any]:
     from distributed import Event as DaskEvent
     from distributed import Queue, Variable
 
+    if difference := version_difference(job["head"], identity()):  # joined after the head checked every box
+        return {"box": box_name(), "failed": {"cause": "version_mismatch", "message": difference}}
     settings = box_settings(job["settings"])
     platform = get_platform_config(**settings.platform_overrides())
     backend = get_backend(settings, platform.device)

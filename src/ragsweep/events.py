@@ -37,6 +37,7 @@ class Event(StrEnum):
     CLEANUP_FAILED = "cleanup_failed"
     STAGE_MOVED = "stage_moved"
     BOX_LOST = "box_lost"
+    BOX_REFUSED = "box_refused"
 
 
 # What each event means, and the fields it adds to the common ones.
@@ -75,6 +76,10 @@ FIELDS: dict[Event, tuple[str, str]] = {
     Event.BOX_LOST: (
         "a cluster box (the event's box) left while it ran this stage: another box redoes only the unfinished work",
         "message",
+    ),
+    Event.BOX_REFUSED: (
+        "a box that joined after the plan has other sources or libraries than the head: its task goes back to the checked boxes",
+        "message (the package and both versions)",
     ),
 }
 

@@ -247,6 +247,7 @@ FAULT_EVENTS = {
     Event.JUDGE_COST_CAP,
     Event.STAGE_MOVED,
     Event.BOX_LOST,
+    Event.BOX_REFUSED,
 }
 
 
