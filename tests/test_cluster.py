@@ -482,6 +482,15 @@ def test_a_dead_scheduler_is_exit_3_within_seconds(tmp_path):
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize("address", ["foo", "http://127.0.0.1:8786", "tcp://127.0.0.1:99999", "tcp://:8786"])
+def test_a_scheduler_address_that_is_not_one_is_exit_2_at_once_on_the_head_and_the_box(tmp_path, address):
+    head = run_cli("--backend", "ollama", "--cluster", address, "--results-dir", tmp_path, "--dry-run", timeout=60)
+    box = run_cli("worker", address, "--name", "box-a", timeout=60)
+    expected = "not a Dask scheduler address: use tcp://HOST:8786, or tls://HOST:8786 with TLS"
+    assert head.returncode == 2 and expected in head.stderr and head.stderr.count("\n") == 1
+    assert box.returncode == 2 and f"worker: {address!r} is {expected}" in box.stderr and box.stderr.count("\n") == 1
+
+
 def test_versions_must_match(monkeypatch):
     from ragsweep import cluster
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from .backends import BACKENDS, get_backend
 from .backends.base import GenerationOptions, ModelInfo, Prompt
-from .config import Settings
-from .errors import BackendUnavailableError, ModelCallError, ModelUnavailableError, RagsweepError
+from .config import Settings, scheduler_address
+from .errors import BackendUnavailableError, ConfigError, ModelCallError, ModelUnavailableError, RagsweepError
 from .events import Event
 from .lifecycle import resident_model
 from .memory import MemorySnapshot
@@ -41,6 +41,10 @@ def serve(args) -> int:
 
     from .cluster import security
 
+    try:
+        args.scheduler = scheduler_address(args.scheduler)
+    except ValueError as error:
+        raise ConfigError(f"worker: {args.scheduler!r} is {error}") from None
     dask.config.set({"distributed.diagnostics.nvml": False})  # ragsweep reads NVML itself; Dask's monitor would poll it for a dashboard
     for key, value in (("name", args.name), ("backend", args.backend), ("ollama_host", args.ollama_host)):
         if value:

@@ -41,6 +41,16 @@ LIST_FIELDS = {"llms", "embeddings"}
 PATH_FIELDS = {"corpus", "testset", "results_dir"}
 
 
+def scheduler_address(value: str) -> str:
+    """A Dask scheduler address, tcp://HOST:PORT or tls://HOST:PORT (HOST:PORT means tcp://); else a ValueError that shows one."""
+    address = value if "://" in value else f"tcp://{value}"
+    scheme, rest = address.split("://", 1)
+    host, _, port = rest.rpartition(":")
+    if scheme not in ("tcp", "tls") or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("not a Dask scheduler address: use tcp://HOST:8786, or tls://HOST:8786 with TLS")
+    return address
+
+
 class Settings(BaseModel):
     """The resolved run configuration, saved in run.json beside every result."""
 
@@ -114,6 +124,11 @@ class Settings(BaseModel):
             except (httpx.InvalidURL, ValueError) as error:
                 raise ValueError(f"not a valid URL ({error})") from None
         return value
+
+    @field_validator("cluster")
+    @classmethod
+    def _scheduler(cls, value: str | None) -> str | None:
+        return scheduler_address(value) if value else None
 
     @field_validator("backend")
     @classmethod
