@@ -113,6 +113,24 @@ def test_two_boxes_run_every_stage_once_and_match_a_single_box(scheduler, tmp_pa
     assert "| box-a |" in per_box and "| box-b |" in per_box and "FAIL" not in per_box
 
 
+def test_a_local_backend_box_runs_the_real_model_and_answers_as_in_process(scheduler, tmp_path):
+    """`worker --backend local`: the box's stage task builds its own LocalBackend and loads the model it never described."""
+    box = subprocess.Popen(command("worker", scheduler, "--name", "box-local", "--backend", "local"), stderr=subprocess.PIPE, text=True)
+    args = ["--backend", "local", *matrix("smollm2-135m", "bm25", 2), "--quiet", "--corpus", DEMO / "corpus.jsonl"]
+    args += ["--testset", DEMO / "testset.jsonl"]
+    try:
+        wait_for(scheduler, 1)
+        clustered = run_cli(*args, "--cluster", scheduler, "--results-dir", tmp_path / "cluster", timeout=600)
+    finally:
+        box.kill()
+    alone = run_cli(*args, "--results-dir", tmp_path / "alone", timeout=600)
+    assert clustered.returncode == 0 and alone.returncode == 0, clustered.stdout + clustered.stderr + alone.stderr
+    loads = [json.loads(line) for line in (latest_run_dir(tmp_path / "cluster") / "events.jsonl").read_text().splitlines()]
+    assert [e["box"] for e in loads if e["event"] == "model_load" and e["model"] == "smollm2-135m"] == ["box-local"]
+    answers = {k: r["answer"] for k, r in samples(tmp_path / "cluster").items()}
+    assert len(answers) == 2 and all(answers.values()) and answers == {k: r["answer"] for k, r in samples(tmp_path / "alone").items()}
+
+
 def test_a_box_lost_mid_generation_costs_only_the_answers_in_flight(scheduler, tmp_path):
     with OllamaEmulator(call_s=0.05) as a, OllamaEmulator(call_s=0.05) as b:
         boxes = {"box-a": start_box(scheduler, "box-a", a), "box-b": start_box(scheduler, "box-b", b)}

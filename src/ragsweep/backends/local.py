@@ -102,6 +102,8 @@ class LocalBackend(Backend):
         return ModelInfo(name, kind, _digest(path), None, _size(path), str(path.resolve()), {"engine": engine, **_layers(path)})
 
     def load(self, info: ModelInfo, options: GenerationOptions | EmbeddingOptions | None = None) -> LoadedModel:
+        if info.name not in self._specs:  # a backend made for this load (a cluster box's stage task): find the model first
+            self.describe(info.name, info.kind)
         placement = options if isinstance(options, EmbeddingOptions) else EmbeddingOptions()
         spec = dict(
             self._specs[info.name],
