@@ -67,6 +67,39 @@ def samples(results) -> dict:
     return {(r["embedding_model"], r["llm"], r["question_id"]): r for r in csv.DictReader((latest_run_dir(results) / "samples.csv").open())}
 
 
+def events_of(results) -> list[dict]:
+    runs = [p for p in results.iterdir() if p.is_dir()] if results.is_dir() else []
+    found = runs and latest_run_dir(results) / "events.jsonl"
+    return [json.loads(line) for line in found.read_text().splitlines()] if found and found.is_file() else []
+
+
+def wait_while_running(head: subprocess.Popen, condition, timeout_s: float = 120) -> None:
+    """Until `condition()` holds; the head must still be running."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert head.poll() is None and time.monotonic() < deadline, head.communicate()
+        time.sleep(0.02)
+
+
+def hold_slot(client, box: str):
+    """Take the box's gpu slot with a waiting task, so that stage tasks go to the other boxes; returns what frees it."""
+    [address] = [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == box]
+    task = client.submit(lambda: distributed.Event(f"hold-{box}").wait(300), resources={"gpu": 1}, workers=[address])
+    while not client.processing(workers=[address])[address]:
+        time.sleep(0.05)
+
+    def release() -> None:
+        distributed.Event(f"hold-{box}", client=client).set()
+        task.result()
+
+    return release
+
+
+def logged(results, event: str) -> int:
+    """How many times the newest run under `results` has logged `event` so far."""
+    return sum(e["event"] == event for e in events_of(results))
+
+
 def test_two_boxes_run_every_stage_once_and_match_a_single_box(scheduler, tmp_path):
     with OllamaEmulator() as a, OllamaEmulator() as b, OllamaEmulator() as alone:
         boxes = [start_box(scheduler, "box-a", a), start_box(scheduler, "box-b", b)]
@@ -106,7 +139,7 @@ def test_two_boxes_run_every_stage_once_and_match_a_single_box(scheduler, tmp_pa
     assert len(clustered) == 24 and {k: r["answer"] for k, r in clustered.items()} == {k: r["answer"] for k, r in alone_rows.items()}
     ledger = list(csv.DictReader((latest_run_dir(tmp_path / "cluster") / "memory.csv").open()))
     assert {row["box"] for row in ledger if row["label"] == "after_unload"} == {"box-a", "box-b"}
-    events = [json.loads(line) for line in (latest_run_dir(tmp_path / "cluster") / "events.jsonl").read_text().splitlines()]
+    events = events_of(tmp_path / "cluster")
     assert {e["box"] for e in events if e["event"] == "model_load"} == {"box-a", "box-b"}
     report = (latest_run_dir(tmp_path / "cluster") / "report.md").read_text()
     per_box = report.split("### Per box")[1].split("\n### ")[0]
@@ -125,7 +158,7 @@ def test_a_local_backend_box_runs_the_real_model_and_answers_as_in_process(sched
         box.kill()
     alone = run_cli(*args, "--results-dir", tmp_path / "alone", timeout=600)
     assert clustered.returncode == 0 and alone.returncode == 0, clustered.stdout + clustered.stderr + alone.stderr
-    loads = [json.loads(line) for line in (latest_run_dir(tmp_path / "cluster") / "events.jsonl").read_text().splitlines()]
+    loads = events_of(tmp_path / "cluster")
     assert [e["box"] for e in loads if e["event"] == "model_load" and e["model"] == "smollm2-135m"] == ["box-local"]
     answers = {k: r["answer"] for k, r in samples(tmp_path / "cluster").items()}
     assert len(answers) == 2 and all(answers.values()) and answers == {k: r["answer"] for k, r in samples(tmp_path / "alone").items()}
@@ -137,10 +170,7 @@ def test_a_box_lost_mid_generation_costs_only_the_answers_in_flight(scheduler, t
         try:
             wait_for(scheduler, 2)
             head = start_cli(*head_args(scheduler, tmp_path / "r"))
-            deadline = time.monotonic() + 120
-            while not any(emu.state.work[("answers", m)] >= 3 for emu in (a, b) for m in ("llama3.2:3b", "qwen2.5:7b")):
-                assert head.poll() is None and time.monotonic() < deadline, head.communicate()
-                time.sleep(0.01)
+            wait_while_running(head, lambda: max(emu.state.work[("answers", m)] for emu in (a, b) for m in LLMS.split(",")) >= 3)
             victim = "box-a" if sum(v for (kind, _), v in a.state.work.items() if kind == "answers") else "box-b"
             boxes[victim].kill()
             out, err = head.communicate(timeout=180)
@@ -152,7 +182,7 @@ def test_a_box_lost_mid_generation_costs_only_the_answers_in_flight(scheduler, t
     rows = samples(tmp_path / "r")
     assert len(rows) == 24 and all(r["answer"] and not r["error"] for r in rows.values())
     distinct = len({(r["llm"], r["answer"], r["retrieved_ids"]) for r in rows.values()})
-    events = [json.loads(line) for line in (latest_run_dir(tmp_path / "r") / "events.jsonl").read_text().splitlines()]
+    events = events_of(tmp_path / "r")
     loads = Counter(e["model"] for e in events if e["event"] == "model_load" and e["stage"] == "generate")
     assert max(loads.values()) == 2  # the lost box's stage was loaded again on the other box
     lost = [e for e in events if e["event"] == "box_lost"]
@@ -171,10 +201,7 @@ def test_with_every_box_gone_the_head_waits_cluster_wait_s_then_exits_3_and_the_
         try:
             wait_for(scheduler, 1)
             head = start_cli(*args)
-            deadline = time.monotonic() + 120
-            while not any(first.state.work[("answers", m)] >= 3 for m in ("llama3.2:3b", "qwen2.5:7b")):
-                assert head.poll() is None and time.monotonic() < deadline, head.communicate()
-                time.sleep(0.01)
+            wait_while_running(head, lambda: any(first.state.work[("answers", m)] >= 3 for m in ("llama3.2:3b", "qwen2.5:7b")))
             box.kill()
             out, err = head.communicate(timeout=120)
         finally:
@@ -215,12 +242,6 @@ def test_a_model_that_fits_no_box_fails_with_its_reason_and_the_rest_completes(s
     assert "qwen2.5:7b ran on no box" in failed[0]["error"] and "does not fit in memory" in failed[0]["error"]
 
 
-def events_of(results) -> list[dict]:
-    runs = [p for p in results.iterdir() if p.is_dir()] if results.is_dir() else []
-    found = runs and latest_run_dir(results) / "events.jsonl"
-    return [json.loads(line) for line in found.read_text().splitlines()] if found and found.is_file() else []
-
-
 def test_out_of_memory_on_a_small_box_moves_the_unfinished_work_to_a_bigger_one(scheduler, tmp_path):
     """qwen2.5:7b does not load on the 5 GB box; llama3.2:3b loads there but every answer runs out of memory. Both go to
     the 12 GB box, which is held busy until then so that the small box is tried first; nothing is asked of the small box
@@ -234,18 +255,11 @@ def test_out_of_memory_on_a_small_box_moves_the_unfinished_work_to_a_bigger_one(
             data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
             plan = run_cli(*args, *data, "--results-dir", tmp_path / "plan", "--dry-run")
             with distributed.Client(scheduler, timeout="10s") as client:
-                [big_box] = [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == "box-big"]
-                hold = client.submit(lambda: distributed.Event("hold-box-big").wait(300), resources={"gpu": 1}, workers=[big_box])
-                while not client.processing(workers=[big_box])[big_box]:
-                    time.sleep(0.05)
+                release = hold_slot(client, "box-big")
                 head = start_cli(*args, *data, "--results-dir", tmp_path / "r", "--quiet")
-                deadline = time.monotonic() + 120
-                while sum(e["event"] == "stage_moved" for e in events_of(tmp_path / "r")) < 2:
-                    assert head.poll() is None and time.monotonic() < deadline, head.communicate()
-                    time.sleep(0.05)
-                distributed.Event("hold-box-big", client=client).set()
+                wait_while_running(head, lambda: logged(tmp_path / "r", "stage_moved") == 2)
+                release()
                 out, err = head.communicate(timeout=120)
-                hold.result()
         finally:
             for box in boxes:
                 box.kill()
@@ -277,19 +291,13 @@ def test_a_move_whose_bigger_box_dies_waits_for_a_bigger_box(scheduler, tmp_path
             wait_for(scheduler, 2)
             args = ["--config", config, "--backend", "ollama", "--cluster", scheduler, *matrix("qwen2.5:7b", "bm25", 3), "--quiet"]
             with distributed.Client(scheduler, timeout="10s") as client:
-                [big_box] = [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items() if w["name"] == "box-big"]
-                hold = client.submit(lambda: distributed.Event("hold-box-big").wait(300), resources={"gpu": 1}, workers=[big_box])
-                while not client.processing(workers=[big_box])[big_box]:
-                    time.sleep(0.05)
+                held = hold_slot(client, "box-big")  # busy until it is killed
                 data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
                 head = start_cli(*args, *data, "--results-dir", tmp_path / "r")
-                deadline = time.monotonic() + 120
-                while not any(e["event"] == "stage_moved" for e in events_of(tmp_path / "r")):
-                    assert head.poll() is None and time.monotonic() < deadline, head.communicate()
-                    time.sleep(0.05)
+                wait_while_running(head, lambda: logged(tmp_path / "r", "stage_moved"))
                 boxes["box-big"].kill()  # with the task that held it
                 boxes["box-big"].wait()
-                del hold
+                del held
                 if another_joins:
                     boxes["box-big-2"] = start_box(scheduler, "box-big-2", later)
                 out, err = head.communicate(timeout=120)
@@ -317,26 +325,17 @@ def test_a_box_that_joins_after_the_plan_with_other_sources_is_refused_and_its_t
         try:
             wait_for(scheduler, 1)
             with distributed.Client(scheduler, timeout="10s") as client:
-                [box_a] = client.scheduler_info(n_workers=-1)["workers"]
-                hold = client.submit(lambda: distributed.Event("hold-box-a").wait(300), resources={"gpu": 1}, workers=[box_a])
-                while not client.processing(workers=[box_a])[box_a]:
-                    time.sleep(0.05)
+                release = hold_slot(client, "box-a")
                 args = ["--backend", "ollama", "--cluster", scheduler, *matrix("llama3.2:3b", "bm25", 3), "--quiet"]
                 data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
                 head = start_cli(*args, *data, "--results-dir", tmp_path / "r")
-                deadline = time.monotonic() + 120
-                while not any(e["event"] == "stage_start" for e in events_of(tmp_path / "r")):  # the plan is done
-                    assert head.poll() is None and time.monotonic() < deadline, head.communicate()
-                    time.sleep(0.05)
+                wait_while_running(head, lambda: logged(tmp_path / "r", "stage_start"))  # the plan is done
                 late = [sys.executable, edited / "src" / "benchmark.py", *command("worker", scheduler)[2:]]
                 late += ["--name", "box-b", "--backend", "ollama", "--ollama-host", b.url]
                 boxes.append(subprocess.Popen(late, env=emulated_gpu_env(b), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-                while not any(e["event"] == "box_refused" for e in events_of(tmp_path / "r")):
-                    assert head.poll() is None and time.monotonic() < deadline, head.communicate()
-                    time.sleep(0.05)
-                distributed.Event("hold-box-a", client=client).set()
+                wait_while_running(head, lambda: logged(tmp_path / "r", "box_refused"))
+                release()
                 out, err = head.communicate(timeout=120)
-                hold.result()
         finally:
             for box in boxes:
                 box.kill()
@@ -355,10 +354,7 @@ def test_sigterm_on_the_head_stops_the_boxes_and_they_unload(scheduler, tmp_path
         try:
             wait_for(scheduler, 1)
             head = start_cli(*head_args(scheduler, tmp_path / "r"))
-            deadline = time.monotonic() + 120
-            while not any(a.state.work[("answers", m)] >= 2 for m in ("llama3.2:3b", "qwen2.5:7b")):
-                assert head.poll() is None and time.monotonic() < deadline, head.communicate()
-                time.sleep(0.01)
+            wait_while_running(head, lambda: any(a.state.work[("answers", m)] >= 2 for m in ("llama3.2:3b", "qwen2.5:7b")))
             head.send_signal(signal.SIGTERM)
             out, err = head.communicate(timeout=60)
             deadline = time.monotonic() + 30
