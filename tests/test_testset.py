@@ -32,7 +32,8 @@ def test_loads_demo_data():
             ":3: field 'reference_context_ids' must be list, got str",
         ),
         ('{"id": "q9", broken', ":3: invalid JSON at column 14: Expecting property name enclosed in double quotes"),
-        ('{"id": "q9', ":3: invalid JSON at column 11: Invalid control character at"),
+        ('{"id": "q9', ":3: invalid JSON at column 8: Unterminated string"),
+        ('{"id": "q9", "question": "Q?"', ":3: invalid JSON at column 30: Expecting ',' delimiter"),  # cut off: the end, not the next line
         ('["not", "an", "object"]', ":3: expected a JSON object, got list"),
     ],
 )

@@ -105,7 +105,7 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             continue
         where = f"{path}:{number}"
         try:
-            row = json.loads(line)
+            row = json.loads(line.rstrip("\r\n"))  # without its line ending, an error at the end of a line is placed there
         except json.JSONDecodeError as error:
             raise InputError(f"{where}: invalid JSON at column {error.colno}: {error.msg}") from None
         if not isinstance(row, dict):
