@@ -20,6 +20,7 @@ from .backends.base import Backend, LoadedInfo, LoadedModel, ModelInfo
 from .errors import BackendUnavailableError, ConfigError, ModelCallError
 from .events import Event
 from .generation import pending_answers
+from .interrupts import raise_if_signalled
 from .platform import Budget
 from .retrieval import missing_texts
 from .retrievers import needs_model
@@ -291,6 +292,7 @@ def _submit(client, stage: Stage, targets: dict[str, str] | None = None) -> None
 def _drain(ctx: RunContext, queue, stages: dict[str, Stage]) -> None:
     lonely_since, present = None, None
     while True:
+        raise_if_signalled()
         try:
             messages = queue.get(timeout=DRAIN_S, batch=True)
         except TimeoutError:

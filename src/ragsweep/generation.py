@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .backends.base import ModelInfo, Prompt
 from .errors import ModelCallError, ModelUnavailableError
 from .events import Event
+from .interrupts import raise_if_signalled
 from .lifecycle import Resident, resident_model
 from .metrics import exact_match, token_f1
 from .progress import bar
@@ -86,6 +87,7 @@ def _answer_all(ctx: RunContext, resident: Resident, pending: dict[str, PendingA
     llm = resident.info
     with bar(f"answer {llm.name}", len(pending), ctx.quiet) as progress:
         for key, work in pending.items():
+            raise_if_signalled()
             try:
                 result = resident.call("generate", work.prompt)
             except ModelUnavailableError:

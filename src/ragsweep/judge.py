@@ -22,6 +22,7 @@ from .backends.ollama import normalize_host
 from .config import Settings
 from .errors import ConfigError, MissingPackageError
 from .events import Event
+from .interrupts import raise_if_signalled
 from .judge_client import CostCapReached, JudgeClient, JudgeSpec, Usage, classify, current_cell, price_per_token
 from .lifecycle import resident_model
 from .metrics import JUDGE_METRICS
@@ -200,6 +201,7 @@ async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo
 
     async def worker(progress) -> None:
         while True:
+            raise_if_signalled()
             try:
                 cells = queue.get_nowait()  # taken before any await: no other worker can empty the queue in between
             except asyncio.QueueEmpty:

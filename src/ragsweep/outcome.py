@@ -14,8 +14,9 @@ from . import errors
 from .store import is_storage_full
 
 
-class Interrupted(Exception):
-    """SIGTERM, raised in the main thread so the run closes like on Ctrl-C."""
+class Interrupted(BaseException):
+    """SIGTERM, raised in the main thread so the run closes like on Ctrl-C. Like KeyboardInterrupt it is not an
+    Exception, so code that records failures as data (a judge call) cannot take it for one."""
 
     def __init__(self, exit_code: int):
         self.exit_code = exit_code

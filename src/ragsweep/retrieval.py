@@ -16,6 +16,7 @@ import numpy as np
 from .backends.base import ModelInfo
 from .errors import ModelCallError
 from .events import Event
+from .interrupts import raise_if_signalled
 from .lifecycle import relieve_pressure, resident_model
 from .metrics import RETRIEVAL_METRICS, dedupe, mrr, ndcg_at_k, recall_at_k
 from .progress import bar
@@ -146,6 +147,7 @@ def embed_in_batches(resident, backend, log, stage: str, texts: dict[str, str], 
     """
     pending, halved = list(texts), False
     while pending and not should_stop():
+        raise_if_signalled()
         if not halved:  # once per stage: a smaller batch frees activations, not the weights
             smaller = relieve_pressure(backend, log, stage, resident.info.name, batch_size)
             halved, batch_size = smaller != batch_size, smaller

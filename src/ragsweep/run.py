@@ -11,7 +11,6 @@ import json
 import logging
 import platform as python_platform
 import secrets
-import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from .backends.base import Backend, GenerationOptions
 from .config import Settings
 from .errors import BackendUnavailableError, FailureBudgetExceededError, RagsweepError
 from .events import EVENTS_SCHEMA_VERSION, Event
+from .interrupts import raise_if_signalled, stop_on_signals
 from .lock import results_lock
 from .outcome import Interrupted, Outcome, Stop, decide_outcome, stop_from
 from .platform import PlatformConfig
@@ -123,16 +123,15 @@ def open_run(
             store.add_questions(run_id, questions or [])
         ctx.failure_budget = failure_budget(settings.max_failures, plan.samples)
         stop: Stop | None = None
-        previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
-        try:
-            with ctx.timed("wall_s"):
-                yield ctx
-        except STOPS as error:
-            stop = stop_from(error)
-            _best_effort(ctx, "record the stop", lambda: ctx.note(f"run {stop.status}: {stop.reason}"))
-            _best_effort(ctx, "record the stop", lambda: ctx.log.event(Event.RUN_STOPPED, reason=stop.status, message=stop.reason))
-        finally:
-            signal.signal(signal.SIGTERM, previous_handler)
+        with stop_on_signals():
+            try:
+                with ctx.timed("wall_s"):
+                    yield ctx
+                raise_if_signalled()  # a signal whose exception Python dropped still stops the run
+            except STOPS as error:
+                stop = stop_from(error)
+                _best_effort(ctx, "record the stop", lambda: ctx.note(f"run {stop.status}: {stop.reason}"))
+                _best_effort(ctx, "record the stop", lambda: ctx.log.event(Event.RUN_STOPPED, reason=stop.status, message=stop.reason))
         _close(ctx, plan, stop)
 
 
@@ -188,10 +187,6 @@ def _problems(ctx: RunContext, plan: Plan) -> list[str]:
     problems += [f"{e['model']}: {e['stage']} failed" for e in events if e["event"] == Event.MODEL_FAILED and e["stage"] == "retrieve"]
     problems += ["memory did not come back after an unload"] if any(e["event"] == Event.MEMORY_NOT_RELEASED for e in events) else []
     return problems + ([f"{unjudged} judge cells failed (NaN)"] if unjudged else [])
-
-
-def _raise_interrupted(signum, frame) -> None:
-    raise Interrupted(128 + signum)
 
 
 def _log_to(path: Path) -> None:
