@@ -1,5 +1,6 @@
 """How a run ended: the one function that decides status and exit code, and the closing line."""
 
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from ragsweep.outcome import Interrupted, Stop, decide_outcome, stop_from
         (stop_from(errors.FailureBudgetExceededError("5 failed")), ["5 samples failed"], "stopped: failure budget", 1),
         (stop_from(errors.BackendUnavailableError("gone")), [], "stopped: backend unreachable", 3),
         (stop_from(KeyboardInterrupt()), ["1 samples failed"], "interrupted", 130),
-        (stop_from(Interrupted(143)), [], "interrupted", 143),
+        (stop_from(Interrupted(signal.SIGTERM)), [], "interrupted", 143),
+        (stop_from(Interrupted(signal.SIGINT)), [], "interrupted", 130),
         (stop_from(sqlite3.OperationalError("database or disk is full")), [], "failed: disk full", 1),
         (stop_from(OSError(28, "No space left on device")), [], "failed: disk full", 1),
     ],

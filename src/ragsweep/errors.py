@@ -5,8 +5,7 @@ EXIT_FAILURES = 1  # finished, but some samples failed
 EXIT_INPUT = 2  # config, test set, model name, missing package, results folder or database
 EXIT_BACKEND = 3  # backend unreachable
 EXIT_LOCKED = 4  # another run holds the results folder
-EXIT_SIGINT = 130
-EXIT_SIGTERM = 143
+# interrupted: 128 + the signal, 130 after Ctrl-C and 143 after SIGTERM (outcome.Interrupted)
 
 
 class RagsweepError(Exception):

@@ -18,20 +18,16 @@ from .outcome import Interrupted
 _received: int | None = None  # the signal caught inside `stop_on_signals`, until the block ends
 
 
-def _exception(signum: int) -> BaseException:
-    return KeyboardInterrupt() if signum == signal.SIGINT else Interrupted(128 + signum)
-
-
 def _on_signal(signum, frame) -> None:
     global _received
     _received = signum
-    raise _exception(signum)
+    raise Interrupted(signum)
 
 
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Inside the block SIGTERM raises `Interrupted` (exit 143) and Ctrl-C `KeyboardInterrupt` (exit 130), and both are
-    recorded. A SIGINT the shell set to be ignored (a background job) stays ignored. Main thread only."""
+    """Inside the block SIGTERM and Ctrl-C raise `Interrupted` (exit 143 or 130), and are recorded. A SIGINT the shell
+    set to be ignored (a background job) stays ignored. Main thread only."""
     global _received
     _received = None
     caught = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else [])
@@ -47,4 +43,4 @@ def stop_on_signals() -> Iterator[None]:
 def raise_if_signalled() -> None:
     """Raise the stop for a signal caught in this block, in case its first raise was dropped. Cheap: call it often."""
     if _received is not None:
-        raise _exception(_received)
+        raise Interrupted(_received)

@@ -6,6 +6,7 @@ spent) or went to its end, with or without problems found in the store afterward
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,13 @@ from .store import is_storage_full
 
 
 class Interrupted(BaseException):
-    """SIGTERM, raised in the main thread so the run closes like on Ctrl-C. Like KeyboardInterrupt it is not an
-    Exception, so code that records failures as data (a judge call) cannot take it for one."""
+    """SIGTERM or Ctrl-C, raised in the main thread by `interrupts`. Like KeyboardInterrupt it is not an Exception, so
+    code that records failures as data (a judge call) cannot take it for one; unlike it, asyncio cancels the judge's
+    tasks cleanly instead of tearing through its loop."""
 
-    def __init__(self, exit_code: int):
-        self.exit_code = exit_code
+    def __init__(self, signum: int):
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM: what a shell reports for a process the signal killed
+        self.said = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
 
 
 @dataclass(frozen=True)
@@ -34,10 +37,10 @@ class Stop:
 
 def stop_from(error: BaseException) -> Stop:
     """The Stop for one of the exceptions `open_run` ends a run on."""
+    if isinstance(error, KeyboardInterrupt):  # raised by Python's own handler, outside `interrupts`
+        error = Interrupted(signal.SIGINT)
     if isinstance(error, Interrupted):
-        return Stop("interrupted", error.exit_code, "SIGTERM: the remaining work was not done")
-    if isinstance(error, KeyboardInterrupt):
-        return Stop("interrupted", errors.EXIT_SIGINT, "Ctrl-C (SIGINT): the remaining work was not done")
+        return Stop("interrupted", error.exit_code, f"{error.said}: the remaining work was not done")
     if isinstance(error, errors.BackendUnavailableError):
         return Stop("stopped: backend unreachable", error.exit_code, str(error))
     if isinstance(error, errors.FailureBudgetExceededError):
