@@ -156,6 +156,17 @@ def test_files_that_are_not_utf8_name_line_and_column(tmp_path, tiny_corpus, tin
     assert f"{tmp_path / '.env'}:1: not UTF-8 (byte 0xe9 at column 18)" in one_line_error(result)
 
 
+def test_half_an_escape_pair_is_one_line_not_a_traceback_from_the_store(tmp_path, tiny_corpus, tiny_testset):
+    """json.loads turns \\ud800 into text that SQLite, CSV and the terminal all refuse (it was a UnicodeEncodeError
+    traceback at the start of the run)."""
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(
+        tiny_testset.read_text() + '{"id": "q3", "question": "\\ud800?", "reference": "x", "reference_context_ids": ["d1"]}\n'
+    )
+    error = one_line_error(dry_run(tmp_path, "--corpus", str(tiny_corpus), "--testset", str(broken)))
+    assert f"{broken}:3: field 'question' holds a lone UTF-16 surrogate (\\ud800) at character 1" in error
+
+
 def test_a_utf8_bom_is_accepted(tmp_path, tiny_corpus, tiny_testset):
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + tiny_testset.read_bytes())

@@ -35,6 +35,14 @@ def test_loads_demo_data():
         ('{"id": "q9', ":3: invalid JSON at column 8: Unterminated string"),
         ('{"id": "q9", "question": "Q?"', ":3: invalid JSON at column 30: Expecting ',' delimiter"),  # cut off: the end, not the next line
         ('["not", "an", "object"]', ":3: expected a JSON object, got list"),
+        (
+            '{"id": "q9", "question": "Why \\ud83d?", "reference": "A", "reference_context_ids": ["d1"]}',
+            ":3: field 'question' holds a lone UTF-16 surrogate (\\ud83d) at character 5",
+        ),
+        (
+            '{"id": "q9", "question": "Q?", "reference": "A", "reference_context_ids": ["d1", "\\udc00"]}',
+            ":3: field 'reference_context_ids' holds a lone UTF-16 surrogate (\\udc00) at character 1",
+        ),
     ],
 )
 def test_bad_question_line_names_file_line_and_field(tmp_path, tiny_corpus, tiny_testset, line, message):
@@ -45,6 +53,18 @@ def test_bad_question_line_names_file_line_and_field(tmp_path, tiny_corpus, tiny
         load_questions(path, ids)
     assert str(caught.value).startswith(str(path))
     assert message in str(caught.value)
+
+
+def test_an_escaped_pair_is_one_character_and_half_a_pair_in_the_corpus_is_refused(tmp_path, tiny_testset):
+    pair = write_jsonl(
+        tmp_path / "q.jsonl", [{"id": "q1", "question": "Why \U0001f600?", "reference": "A", "reference_context_ids": ["d1"]}]
+    )
+    assert "\\ud83d\\ude00" in pair.read_text()  # written as an escape pair, as json.dumps does
+    assert load_questions(pair, {"d1"})[0].question == "Why \U0001f600?"
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "d1", "title": "T", "text": "ok"}\n{"id": "d2", "title": "T", "text": "half \\ude00 a pair"}\n')
+    with pytest.raises(InputError, match=r"c.jsonl:2: field 'text' holds a lone UTF-16 surrogate \(\\ude00\) at character 6"):
+        load_corpus(corpus)
 
 
 def test_duplicate_corpus_id(tmp_path):

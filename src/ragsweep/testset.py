@@ -173,3 +173,19 @@ def _check_fields(row: dict[str, Any], fields: dict[str, type], where: str, opti
             raise InputError(f"{where}: field '{name}' must be {kind.__name__}, got {type(row[name]).__name__}")
         if kind is str and name != "title" and not row[name].strip():
             raise InputError(f"{where}: field '{name}' is empty")
+        for text in row[name] if kind is list else [row[name]]:
+            _check_encodable(text, name, where)
+
+
+def _check_encodable(value: Any, name: str, where: str) -> None:
+    """A JSON escape like \\ud800 (half of a UTF-16 pair) decodes to text no UTF-8 file or database can hold:
+    refused here, before the run stores a thing, not as a traceback when the store meets it."""
+    if not isinstance(value, str):
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InputError(
+            f"{where}: field '{name}' holds a lone UTF-16 surrogate (\\u{ord(value[error.start]):04x}) at character {error.start + 1} "
+            "— write the character itself, or both halves of its escape pair"
+        ) from None
