@@ -82,3 +82,42 @@ def test_per_metric_judge_settings_name_known_metrics(tmp_path):
     assert settings.judge_metric_timeout_s == {"faithfulness": 300.0} and settings.judge_metric_parse_retries == {"context_recall": 4}
     with pytest.raises(ConfigError, match=r"run.yaml:1: field 'judge_metric_timeout_s': unknown metric 'faithfulnes'"):
         load_settings(write(tmp_path, "judge_metric_timeout_s: {faithfulnes: 300}\n"), {}, environ={})
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("top_k: 3\nllms: [a]\ntop_k: 4\n", ":3: 'top_k' is set twice (first on line 1) — keep one"),
+        ("judge_metric_timeout_s:\n  faithfulness: 300\n  faithfulness: 30\n", ":3: 'faithfulness' is set twice (first on line 2)"),
+    ],
+)
+def test_a_key_set_twice_is_refused_not_silently_the_last(tmp_path, text, message):
+    config = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, {}, environ={})
+    assert str(caught.value).startswith(f"{config}{message}")
+
+
+def test_self_referencing_and_exploding_aliases_end_in_a_short_line(tmp_path):
+    """`&a [*a]` recursed forever in the repeated-key check; nine levels of nine aliases (9**9 items) made a 226 MB 'one line'."""
+    with pytest.raises(ConfigError, match=r"run.yaml:1: field 'llms': Input should be a valid string \(got \[\[\[\.\.\.\]\]\]\)"):
+        load_settings(write(tmp_path, "llms: &a [*a]\n"), {}, environ={})
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, "\n".join([*levels, "llms: *a8"]) + "\n"), {}, environ={})
+    assert str(caught.value).startswith(f"{tmp_path / 'run.yaml'}:10: field 'llms': Input should be a valid string (got [[[...]")
+    assert len(str(caught.value)) < 300 and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, bound",
+    [
+        ("seed", -1, "greater than or equal to 0"),
+        ("seed", 2**32, "less than or equal to 2147483647"),
+        ("num_ctx", 10**20, "less than or equal to 1048576"),
+    ],
+)
+def test_numbers_the_model_servers_cannot_take_are_refused_up_front(key, value, bound):
+    """llama.cpp reads seed -1 as 'random' (answers would be cached as if reproducible); beyond int64 Ollama cannot parse the request."""
+    with pytest.raises(ConfigError, match=rf"--{key.replace('_', '-')}: Input should be {bound}"):
+        load_settings(None, {key: value}, environ={})

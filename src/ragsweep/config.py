@@ -20,12 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from .backends import BACKENDS
 from .backends.ollama import normalize_host
 from .errors import ConfigError
+from .fmt import shown
 from .metrics import JUDGE_METRICS
 from .redact import redact_all
 from .testset import utf8_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
+MAX_TOKENS = 2**20  # a context or answer cap beyond any local model's; larger overflows the servers' integer fields
 
 # Environment variables read as settings (also listed in .env.example).
 ENV_VARS = {
@@ -65,10 +67,10 @@ class Settings(BaseModel):
     top_k: int = Field(default=3, ge=1, le=100)  # passages retrieved per question
     chunk_size: int = Field(default=400, ge=16)  # words per chunk; the demo passages (<= 327) fit whole
     chunk_overlap: int = Field(default=50, ge=0)  # words shared by neighbouring chunks
-    max_tokens: int = Field(default=48, ge=1)  # answer cap: answers are short spans; small models ramble
+    max_tokens: int = Field(default=48, ge=1, le=MAX_TOKENS)  # answer cap: answers are short spans; small models ramble
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # 0 = deterministic, comparable answers
-    num_ctx: int = Field(default=4096, ge=256)  # context window; 3 passages of 400 words fit
-    seed: int = 0
+    num_ctx: int = Field(default=4096, ge=256, le=MAX_TOKENS)  # context window; 3 passages of 400 words fit
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)  # llama.cpp takes a uint32 and reads -1 as "random"; Ollama a Go int
     embed_batch_size: int | None = Field(default=None, ge=1)  # None = platform default
     pressure_threshold_gb: float | None = Field(default=None, gt=0)  # None = platform default (10 of 12 GB on a card)
     baseline_target_gb: float | None = Field(default=None, gt=0)  # None = platform default (2 GB on a 12 GB card)
@@ -87,8 +89,8 @@ class Settings(BaseModel):
     judge_timeout_s: float = Field(default=120.0, gt=0)  # per judge call
     judge_retries: int = Field(default=4, ge=0)  # per call, on 429 / 5xx / timeout / connection, with backoff
     judge_parse_retries: int = Field(default=2, ge=0)  # re-asks when the judge's JSON does not parse
-    judge_max_tokens: int = Field(default=2048, ge=256)  # small judges stop mid-JSON below 2048
-    judge_num_ctx: int = Field(default=8192, ge=2048)  # an Ollama judge's context: its prompts are long
+    judge_max_tokens: int = Field(default=2048, ge=256, le=MAX_TOKENS)  # small judges stop mid-JSON below 2048
+    judge_num_ctx: int = Field(default=8192, ge=2048, le=MAX_TOKENS)  # an Ollama judge's context: its prompts are long
     judge_metric_timeout_s: dict[str, float] = Field(
         default_factory=dict
     )  # per metric, e.g. {faithfulness: 300}: seconds for all of a cell's calls
@@ -234,8 +236,30 @@ def _read_yaml(path: Path) -> dict[str, tuple[Any, int]]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    _refuse_repeated_keys(node, path)
     lines = {key_node.value: key_node.start_mark.line + 1 for key_node, _ in node.value}
     return {key: (value, lines.get(key, 1)) for key, value in data.items()}
+
+
+def _refuse_repeated_keys(node: yaml.Node, path: Path, seen: set[int] | None = None) -> None:
+    """YAML keeps the last of two equal keys silently; the user meant one of them, and we cannot know which.
+    Each node is visited once: an alias shares its node, and may even contain itself (`&a [*a]`)."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_repeated_keys(item, path, seen)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[Any, int] = {}
+    for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
+        if key_node.value in first:
+            raise ConfigError(f"{path}:{line}: '{key_node.value}' is set twice (first on line {first[key_node.value]}) — keep one")
+        first[key_node.value] = line
+        _refuse_repeated_keys(value_node, path, seen)
 
 
 def _coerce(field: str, value: Any, base: Path) -> Any:
@@ -255,7 +279,7 @@ def _describe_validation_error(error: ValidationError, origins: dict[str, str], 
         hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(Settings.model_fields)}"
         return f"{origins.get(field, path)}: unknown setting '{field}' — {hint}"
     where = origins.get(field, f"setting '{field}'")
-    return f"{where}: {first['msg'].removeprefix('Value error, ')} (got {first.get('input')!r})"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')} (got {shown(first.get('input'))})"
 
 
 def _check_paths(settings: Settings, origins: dict[str, str]) -> None:

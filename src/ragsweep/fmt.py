@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import math
+import reprlib
 from typing import Any
+
+_SHORT = reprlib.Repr()  # a hostile value (a 10 MB id, a YAML alias bomb) stays a short line, and is never expanded whole
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict = 80, 80, 2, 4, 4
 
 
 def is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
+
+
+def shown(value: Any) -> str:
+    """The repr of a value a user gave, as an error quotes it: at most about 80 characters, nesting cut at 2 levels."""
+    return _SHORT.repr(value)
 
 
 def number(value: Any, digits: int = 3) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .fmt import shown
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def load_corpus(path: Path) -> list[Document]:
     for where, row in _rows(path):
         _check_fields(row, CORPUS_FIELDS, where, optional={"title"})
         if row["id"] in seen:
-            raise InputError(f"{where}: duplicate corpus id {row['id']!r}")
+            raise InputError(f"{where}: duplicate corpus id {shown(row['id'])}")
         seen.add(row["id"])
         documents.append(Document(id=row["id"], title=row.get("title") or "", text=row["text"]))
     if not documents:
@@ -58,14 +59,14 @@ def load_questions(path: Path, corpus_ids: set[str], limit: int | None = None) -
     for where, row in _rows(path):
         _check_fields(row, QUESTION_FIELDS, where)
         if row["id"] in seen:
-            raise InputError(f"{where}: duplicate question id {row['id']!r}")
+            raise InputError(f"{where}: duplicate question id {shown(row['id'])}")
         seen.add(row["id"])
         ids = row["reference_context_ids"]
         if not ids or not all(isinstance(i, str) for i in ids):
             raise InputError(f"{where}: field 'reference_context_ids' must be a non-empty list of corpus ids")
         dangling = [i for i in ids if i not in corpus_ids]
         if dangling:
-            raise InputError(f"{where}: field 'reference_context_ids' names {dangling[0]!r}, which is not in the corpus")
+            raise InputError(f"{where}: field 'reference_context_ids' names {shown(dangling[0])}, which is not in the corpus")
         questions.append(Question(row["id"], row["question"], row["reference"], tuple(ids)))
     if not questions:
         raise InputError(f"{path}: the test set is empty")
