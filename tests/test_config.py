@@ -121,3 +121,13 @@ def test_numbers_the_model_servers_cannot_take_are_refused_up_front(key, value, 
     """llama.cpp reads seed -1 as 'random' (answers would be cached as if reproducible); beyond int64 Ollama cannot parse the request."""
     with pytest.raises(ConfigError, match=rf"--{key.replace('_', '-')}: Input should be {bound}"):
         load_settings(None, {key: value}, environ={})
+
+
+def test_a_model_named_twice_is_refused(tmp_path):
+    """The plan counted its samples twice, so a finished run said 'never answered' and exited 1."""
+    with pytest.raises(ConfigError, match=r"^--embeddings: 'bm25' is named twice — name each model once"):
+        load_settings(None, {"embeddings": "bm25,oracle,bm25"}, environ={})
+    config = write(tmp_path, "llms: [a, b, a]\n")
+    with pytest.raises(ConfigError, match=rf"^{config}:1: field 'llms': 'a' is named twice"):
+        load_settings(config, {}, environ={})
+    assert load_settings(None, {"embeddings": "bm25,oracle"}, environ={}).embeddings == ["bm25", "oracle"]

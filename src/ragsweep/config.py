@@ -139,6 +139,14 @@ class Settings(BaseModel):
             raise ValueError(f"unknown backend {value!r} (known: {', '.join(BACKENDS)})")
         return value
 
+    @field_validator("llms", "embeddings")
+    @classmethod
+    def _each_model_once(cls, value: list[str]) -> list[str]:
+        twice = next((name for index, name in enumerate(value) if name in value[:index]), None)
+        if twice is not None:  # the plan would count its samples twice, and the run would never answer half of them
+            raise ValueError(f"{shown(twice)} is named twice — name each model once")
+        return value
+
     @field_validator("judge_metric_timeout_s", "judge_metric_parse_retries")
     @classmethod
     def _known_metrics(cls, value: dict) -> dict:
