@@ -1,4 +1,5 @@
 import csv
+import json
 
 import pytest
 
@@ -104,3 +105,26 @@ def test_csv_and_parquet(tmp_path, tiny_corpus):
     pq.write_table(table, tmp_path / "t.parquet")
     with pytest.raises(InputError, match=r"t.parquet: row 2: field 'reference_context_ids' names 'zz'"):
         load_questions(tmp_path / "t.parquet", {"d1", "d2", "d3"})
+
+
+@pytest.mark.parametrize("name, separator", [("t.csv", ","), ("t.csv", ";"), ("t.tsv", "\t")])
+def test_csv_with_the_separator_its_header_uses(tmp_path, name, separator):
+    """A spreadsheet in a comma-decimal locale saves with semicolons; read as commas, every line said 'missing field id'."""
+    header = separator.join(["id", "question", "reference", "reference_context_ids"])
+    (tmp_path / name).write_text(f'{header}\nq1{separator}"Where, exactly?"{separator}Paris{separator}d2|d1\n')
+    [question] = load_questions(tmp_path / name, {"d1", "d2"})
+    assert (question.id, question.question, question.reference_context_ids) == ("q1", "Where, exactly?", ("d2", "d1"))
+
+
+def test_a_json_file_is_an_array_of_objects_or_json_lines(tmp_path):
+    row = {"id": "q1", "question": "Q?", "reference": "A", "reference_context_ids": ["d1"]}
+    (tmp_path / "array.json").write_text(json.dumps([row, {**row, "id": "q2"}], indent=2))
+    assert [q.id for q in load_questions(tmp_path / "array.json", {"d1"})] == ["q1", "q2"]
+    lines = write_jsonl(tmp_path / "lines.json", [row])  # what datasets.Dataset.to_json("x.json") writes
+    assert [q.id for q in load_questions(lines, {"d1"})] == ["q1"]
+    (tmp_path / "item.json").write_text(json.dumps([row, "q2"]))
+    with pytest.raises(InputError, match=r"item.json: item 2: expected a JSON object, got str$"):
+        load_questions(tmp_path / "item.json", {"d1"})
+    (tmp_path / "cut.json").write_text('[\n  {"id": "q1",\n   "question": }\n]')
+    with pytest.raises(InputError, match=r"cut.json:3: invalid JSON at column 16: Expecting value$"):
+        load_questions(tmp_path / "cut.json", {"d1"})

@@ -9,6 +9,7 @@ the csv module (every cell text) and pyarrow (a list column in CSV is written as
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,12 +79,14 @@ def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".ndjson"}:
         yield from _jsonl_rows(path)
-    elif suffix == ".csv":
+    elif suffix == ".json":
+        yield from _json_rows(path)
+    elif suffix in {".csv", ".tsv"}:
         yield from _csv_rows(path)
     elif suffix == ".parquet":
         yield from _parquet_rows(path)
     else:
-        raise InputError(f"{path}: unsupported format {suffix!r} — use .jsonl, .csv or .parquet")
+        raise InputError(f"{path}: unsupported format {shown(suffix)} — use .jsonl, .json, .csv, .tsv or .parquet")
 
 
 def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -114,10 +117,30 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield where, row
 
 
+def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A JSON array of objects, or JSON Lines under a .json name (what `datasets.Dataset.to_json` writes)."""
+    text = "".join(line for _, line in utf8_lines(path))
+    if not text.lstrip().startswith("["):
+        yield from _jsonl_rows(path)
+        return
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}:{error.lineno}: invalid JSON at column {error.colno}: {error.msg}") from None
+    for index, row in enumerate(items, start=1):
+        where = f"{path}: item {index}"
+        if not isinstance(row, dict):
+            raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        yield where, row
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every CSV cell is text, as written: an id like 007 or a title like 1984 stays a string."""
+    """Every CSV cell is text, as written: an id like 007 or a title like 1984 stays a string. The separator is the one
+    of comma, semicolon and tab that the header uses most (a spreadsheet in many locales saves with semicolons)."""
     lines = (text for _, text in utf8_lines(path))
-    for index, row in enumerate(csv.DictReader(lines), start=2):  # line 1 is the header
+    header = next(lines, "")
+    delimiter = max(",;\t", key=header.count)  # ties go to the comma: a one-column header is never a valid file anyway
+    for index, row in enumerate(csv.DictReader(itertools.chain([header], lines), delimiter=delimiter), start=2):  # line 1: the header
         where = f"{path}:{index}"
         if None in row:
             raise InputError(f"{where}: more cells than the header has columns")
