@@ -9,6 +9,7 @@ vectors are all cached is not loaded at all.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,17 +35,30 @@ class Chunk:
     text: str
 
 
+# Scripts written without spaces between words: each character counts as one word, or a Chinese document would be one
+# "word" and one chunk however long it is (and overflow every model's context).
+_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_MAX_WORD = 16  # a longer run (a URL, base64, a table without spaces) counts as one word per 16 characters
+WORD = re.compile(rf"[{_UNSPACED}]|[^\s{_UNSPACED}]{{1,{_MAX_WORD}}}")
+# bm25s's own pattern (words of 2+ letters), except that each character of those scripts is a term: its pattern made a
+# whole Chinese sentence one term, which no question ever matched
+LEXICAL_TOKEN = rf"(?u)[{_UNSPACED}]|[^\W{_UNSPACED}]{{2,}}"
+
+
 def chunk_documents(documents: list[Document], size: int, overlap: int) -> list[Chunk]:
-    """Split documents into windows of `size` words sharing `overlap` words; short ones stay whole."""
+    """Split documents into windows of `size` words sharing `overlap` words; short ones stay whole. A window is the
+    document's own text from its first word to its last, line breaks and all."""
     chunks: list[Chunk] = []
     for document in documents:
-        words = document.text.split()
+        words = [match.span() for match in WORD.finditer(document.text)]
         if len(words) <= size:
             chunks.append(Chunk(document.id, document.id, _with_title(document, document.text)))
             continue
         step = size - overlap
         for n, start in enumerate(range(0, max(len(words) - overlap, 1), step)):
-            chunks.append(Chunk(f"{document.id}#{n}", document.id, _with_title(document, " ".join(words[start : start + size]))))
+            window = words[start : start + size]
+            text = document.text[window[0][0] : window[-1][1]]
+            chunks.append(Chunk(f"{document.id}#{n}", document.id, _with_title(document, text)))
     return chunks
 
 
@@ -105,10 +119,9 @@ def _bm25_rank(ctx: RunContext, chunks: list[Chunk], questions: list[Question], 
 
     ctx.log.event(Event.MODEL_LOAD, STAGE, LEXICAL, load_s=0.0, note="in-process lexical index")
     index = bm25s.BM25()
-    index.index(bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False), show_progress=False)
-    found, _ = index.retrieve(
-        bm25s.tokenize([q.question for q in questions], stopwords="en", show_progress=False), k=k, show_progress=False
-    )
+    tokens = {"stopwords": "en", "token_pattern": LEXICAL_TOKEN, "show_progress": False}
+    index.index(bm25s.tokenize([c.text for c in chunks], **tokens), show_progress=False)
+    found, _ = index.retrieve(bm25s.tokenize([q.question for q in questions], **tokens), k=k, show_progress=False)
     ctx.log.event(Event.MODEL_UNLOAD, STAGE, LEXICAL)
     return found.tolist()
 
