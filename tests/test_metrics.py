@@ -38,5 +38,15 @@ def test_token_f1_partial_overlap():
     assert token_f1("Paris", "London") == 0.0
 
 
+def test_answers_in_other_scripts_and_with_typographic_punctuation():
+    """SQuAD's rules knew only ASCII: a Chinese answer was one 'word' (F1 0 or 1) and '“Paris”' did not match 'Paris'."""
+    assert token_f1("北京市", "北京") == pytest.approx(0.8)  # characters: P = 2/3, R = 1
+    assert (
+        exact_match("北京。", "北京") == 1.0 and exact_match("“Paris”", "Paris") == 1.0 and exact_match("Paris — yes", "Paris yes") == 1.0
+    )
+    assert normalize_answer("東京タワー is 333 m") == "東 京 タ ワ ー is 333 m"
+    assert normalize_answer("Don't stop, U.S.!") == "dont stop us"  # SQuAD deletes punctuation, it does not split on it
+
+
 def test_dedupe_keeps_first_occurrence_order():
     assert dedupe(["b", "a", "b", "c", "a"]) == ["b", "a", "c"]

@@ -10,8 +10,11 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
+
+from .words import ANSWER_WORD
 
 RETRIEVAL_METRICS = ("recall_at_k", "mrr", "ndcg_at_k")  # known even when the answer failed
 ANSWER_METRICS = ("exact_match", "token_f1")
@@ -40,11 +43,14 @@ def ndcg_at_k(ranked: Sequence[str], relevant: Sequence[str], k: int) -> float:
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD v1.1 normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    """SQuAD v1.1 normalisation (lower case, no punctuation, no articles, single spaces), with any Unicode punctuation
+    removed too ('“Paris”', '北京。') and each character of a script without spaces a word of its own (as MLQA does)."""
+    text = "".join(ch for ch in text.lower() if ch not in _SQUAD_PUNCTUATION and not unicodedata.category(ch).startswith("P"))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
+    return " ".join(ANSWER_WORD.findall(text))
+
+
+_SQUAD_PUNCTUATION = frozenset(string.punctuation)  # SQuAD removes its symbols ($, +, <) too, not only punctuation
 
 
 def exact_match(prediction: str, reference: str) -> float:

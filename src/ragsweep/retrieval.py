@@ -9,7 +9,6 @@ vectors are all cached is not loaded at all.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +23,7 @@ from .progress import bar
 from .retrievers import BASELINES, LEXICAL, ORACLE
 from .run import RunContext
 from .testset import Document, Question
+from .words import CHUNK_WORD, LEXICAL_TOKEN
 
 STAGE = "retrieve"
 
@@ -35,22 +35,12 @@ class Chunk:
     text: str
 
 
-# Scripts written without spaces between words: each character counts as one word, or a Chinese document would be one
-# "word" and one chunk however long it is (and overflow every model's context).
-_UNSPACED = "\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
-_MAX_WORD = 16  # a longer run (a URL, base64, a table without spaces) counts as one word per 16 characters
-WORD = re.compile(rf"[{_UNSPACED}]|[^\s{_UNSPACED}]{{1,{_MAX_WORD}}}")
-# bm25s's own pattern (words of 2+ letters), except that each character of those scripts is a term: its pattern made a
-# whole Chinese sentence one term, which no question ever matched
-LEXICAL_TOKEN = rf"(?u)[{_UNSPACED}]|[^\W{_UNSPACED}]{{2,}}"
-
-
 def chunk_documents(documents: list[Document], size: int, overlap: int) -> list[Chunk]:
     """Split documents into windows of `size` words sharing `overlap` words; short ones stay whole. A window is the
     document's own text from its first word to its last, line breaks and all."""
     chunks: list[Chunk] = []
     for document in documents:
-        words = [match.span() for match in WORD.finditer(document.text)]
+        words = [match.span() for match in CHUNK_WORD.finditer(document.text)]
         if len(words) <= size:
             chunks.append(Chunk(document.id, document.id, _with_title(document, document.text)))
             continue
