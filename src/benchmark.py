@@ -26,7 +26,7 @@ from ragsweep.config import Settings, load_env_file, load_settings
 from ragsweep.errors import RagsweepError
 from ragsweep.events import Event
 from ragsweep.generation import generate
-from ragsweep.judge import judge, no_judge_hint, require_judge_packages, require_same_judge, resolve_judge
+from ragsweep.judge import judge, no_judge_hint, require_judge_packages, require_judge_reachable, require_same_judge, resolve_judge
 from ragsweep.lifecycle import clean_state
 from ragsweep.lock import results_lock
 from ragsweep.plan import Plan, make_plan, print_plan, print_settings
@@ -67,6 +67,7 @@ def sweep(settings: Settings, args: argparse.Namespace, out: Console) -> int:
     judge_spec = resolve_judge(settings, platform.judge_concurrency)
     if judge_spec:
         require_judge_packages()
+        require_judge_reachable(judge_spec, settings)
     backend = backend_for(settings, platform.device)  # with --cluster: the GPU boxes of a Dask scheduler
     store = Store(settings.results_dir / "ragsweep.sqlite")
     if args.retry_failed:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from cli import emulated_gpu_env, latest_run_dir, matrix, ollama_flags, run_cli
 from conftest import REPO
 from judge_server import JudgeFaults, JudgeServer, judge_flags
+from ollama_emulator import OllamaEmulator
 from ragsweep.judge_client import classify
 
 METRICS = ["faithfulness", "answer_relevancy", "context_precision", "context_recall"]
@@ -362,3 +364,27 @@ def test_workers_never_fight_over_the_last_cell_while_memory_pressure_halves_the
     asyncio.run(judge_stage._judge_all(ctx, client, spec, cells, Usage()))
     assert len(store.judgements("r1")) == 5 and client.capacity == 2
     assert [e["new_judge_concurrency"] for e in store.events("r1") if e["event"] == "memory_pressure"] == [2]
+
+
+def test_a_judge_server_that_is_not_there_stops_the_run_before_any_model_loads(tmp_path):
+    """Before, the night's answers were made and then every judge cell failed after its retries (exit 1 in the morning)."""
+    with JudgeServer() as gone:
+        flags = judge_flags(gone)
+    with OllamaEmulator() as emu:
+        args = [*ollama_flags(emu), *matrix("llama3.2:3b", "nomic-embed-text", 2), "--results-dir", str(tmp_path), *flags]
+        result = run_cli(*args, env=emulated_gpu_env(emu))
+        assert sum(emu.state.work.values()) == 0  # no model loaded, no answer made
+    assert result.returncode == 3 and result.stderr.count("\n") == 1, result.stderr
+    assert f"the judge's server at {gone.url}/v1 is not reachable (ConnectError) — start it, or fix judge_base_url" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [("ftp://judge/v1", "not an http:// or https:// URL (scheme 'ftp')"), ("127.0.0.1:8000/v1", "needs its scheme, e.g. http://")],
+)
+def test_a_judge_url_litellm_could_not_call_is_a_config_error(url, message):
+    from ragsweep.config import load_settings
+    from ragsweep.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^--judge-base-url: {re.escape(message)}"):
+        load_settings(None, {"judge_base_url": url}, environ={})

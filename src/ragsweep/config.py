@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import yaml
 from dotenv import find_dotenv, load_dotenv
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from .backends import BACKENDS
 from .backends.ollama import normalize_host
@@ -119,12 +119,17 @@ class Settings(BaseModel):
 
     @field_validator("ollama_host", "judge_base_url")
     @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                httpx.URL(normalize_host(value))
-            except (httpx.InvalidURL, ValueError) as error:
-                raise ValueError(f"not a valid URL ({error})") from None
+    def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        try:
+            url = httpx.URL(normalize_host(value))
+        except (httpx.InvalidURL, ValueError) as error:
+            raise ValueError(f"not a valid URL ({error})") from None
+        if url.scheme not in {"http", "https"}:
+            raise ValueError(f"not an http:// or https:// URL (scheme {shown(url.scheme)})")
+        if info.field_name == "judge_base_url" and "://" not in value:  # LiteLLM takes it as written: no scheme, no call
+            raise ValueError("needs its scheme, e.g. http://127.0.0.1:8000/v1")
         return value
 
     @field_validator("cluster")

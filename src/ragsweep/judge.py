@@ -17,10 +17,12 @@ import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import httpx
+
 from .backends import Backend, GenerationOptions, get_backend
 from .backends.ollama import normalize_host
 from .config import Settings
-from .errors import ConfigError, MissingPackageError
+from .errors import BackendUnavailableError, ConfigError, MissingPackageError
 from .events import Event
 from .interrupts import raise_if_signalled
 from .judge_client import CostCapReached, JudgeClient, JudgeSpec, Usage, classify, current_cell, price_per_token
@@ -110,6 +112,22 @@ def _default_embeddings(model: str, settings: Settings) -> str:
     if model.startswith("openai/"):
         return "openai/text-embedding-3-small"
     return "text-embedding-3-small"
+
+
+def require_judge_reachable(spec: JudgeSpec, settings: Settings) -> None:
+    """A judge server named by URL must answer before any model loads; else the night's answers wait for a judge that
+    is not there, and every cell fails after its retries. Any HTTP answer counts, a 404 or 401 included. A cloud judge
+    (no URL) is not called here: that would cost money, and its failures are data."""
+    if not spec.base_url:
+        return
+    field = "ollama_host" if spec.model.startswith("ollama") and not settings.judge_base_url else "judge_base_url"
+    url = normalize_host(spec.base_url) if field == "ollama_host" else spec.base_url
+    try:
+        httpx.get(url, timeout=10)
+    except httpx.TransportError as error:
+        raise BackendUnavailableError(
+            f"the judge's server at {url} is not reachable ({type(error).__name__}) — start it, or fix {field} ({settings.origin(field)})"
+        ) from None
 
 
 def require_judge_packages() -> None:
