@@ -86,6 +86,8 @@ def test_each_fault_becomes_nan_with_its_cause(emulator, tmp_path, strict, fault
         result = run(emulator, judge, tmp_path, config=strict)
     assert result.returncode == 1 and "6/6 samples answered" in result.stdout  # the run finishes
     run_dir = latest(tmp_path)
+    assert result.stderr == ""  # --quiet: the libraries' per-call errors go to run.log, not to cron mail
+    assert fault != "server_error" or "ERROR instructor.v2.retry API call failed" in (run_dir / "run.log").read_text()
     errors = rows(run_dir / "judge_errors.csv")
     assert len(errors) == 6 * 4 and {e["cause"] for e in errors} == {cause}
     assert set(errors[0]) == {"question_id", "embedding_model", "llm", "metric", "repeat", "cause", "message"}

@@ -189,12 +189,29 @@ def _problems(ctx: RunContext, plan: Plan) -> list[str]:
     return problems + ([f"{unjudged} judge cells failed (NaN)"] if unjudged else [])
 
 
+# The judge's libraries log each failed call at ERROR. Python's last-resort handler printed those on stderr, one or two
+# lines per failed cell, which flooded cron mail under --quiet. The cell's cause is data already; its wording goes to run.log.
+LIBRARY_LOGGERS = ("instructor", "ragas", "LiteLLM")
+
+
+class _Redacted(logging.Filter):
+    """A library's message may carry a URL with a password: masked like everything else ragsweep writes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), ()
+        return True
+
+
 def _log_to(path: Path) -> None:
     handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("ragsweep")
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.addFilter(_Redacted())
+    for name in ("ragsweep", *LIBRARY_LOGGERS):
+        logger = logging.getLogger(name)
+        for previous in logger.handlers:  # the last run's file, in a process that runs several
+            previous.close()
+        logger.handlers[:], logger.propagate = [handler], False
+    logging.getLogger("ragsweep").setLevel(logging.INFO)
 
 
 def _write_run_json(ctx: RunContext, plan: Plan) -> None:
