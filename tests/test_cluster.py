@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 from tcp_forward import Forward
@@ -19,6 +20,7 @@ from ollama_emulator import Fault, OllamaEmulator
 distributed = pytest.importorskip("distributed")
 
 LLMS, EMBEDDINGS = "llama3.2:3b,qwen2.5:7b", "nomic-embed-text,all-minilm"
+DEMO_DATA = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
 
 
 @pytest.fixture
@@ -55,10 +57,7 @@ def head_args(address: str, results, *extra: str) -> list:
         "--results-dir",
         results,
         "--quiet",
-        "--corpus",
-        DEMO / "corpus.jsonl",
-        "--testset",
-        DEMO / "testset.jsonl",
+        *DEMO_DATA,
         *extra,
     ]
 
@@ -95,6 +94,16 @@ def hold_slot(client, box: str):
     return release
 
 
+@contextmanager
+def killed_at_end(boxes):
+    """The box processes (a list, or name -> process), killed when the block ends whatever happened; the block may add more."""
+    try:
+        yield boxes
+    finally:
+        for box in boxes.values() if isinstance(boxes, dict) else boxes:
+            box.kill()
+
+
 def logged(results, event: str) -> int:
     """How many times the newest run under `results` has logged `event` so far."""
     return sum(e["event"] == event for e in events_of(results))
@@ -102,24 +111,17 @@ def logged(results, event: str) -> int:
 
 def test_two_boxes_run_every_stage_once_and_match_a_single_box(scheduler, tmp_path):
     with OllamaEmulator() as a, OllamaEmulator() as b, OllamaEmulator() as alone:
-        boxes = [start_box(scheduler, "box-a", a), start_box(scheduler, "box-b", b)]
-        try:
+        with killed_at_end([start_box(scheduler, "box-a", a), start_box(scheduler, "box-b", b)]):
             wait_for(scheduler, 2)
             plan = run_cli(*[arg for arg in head_args(scheduler, tmp_path / "cluster", "--dry-run") if arg != "--quiet"])
             result = run_cli(*head_args(scheduler, tmp_path / "cluster"))
-        finally:
-            for box in boxes:
-                box.kill()
         single = run_cli(
             *ollama_flags(alone),
             *matrix(LLMS, EMBEDDINGS, 6),
             "--results-dir",
             tmp_path / "single",
             "--quiet",
-            "--corpus",
-            DEMO / "corpus.jsonl",
-            "--testset",
-            DEMO / "testset.jsonl",
+            *DEMO_DATA,
             env=emulated_gpu_env(alone),
         )
         loads = Counter(a.state.loads) + Counter(b.state.loads)
@@ -149,8 +151,7 @@ def test_two_boxes_run_every_stage_once_and_match_a_single_box(scheduler, tmp_pa
 def test_a_local_backend_box_runs_the_real_model_and_answers_as_in_process(scheduler, tmp_path):
     """`worker --backend local`: the box's stage task builds its own LocalBackend and loads the model it never described."""
     box = subprocess.Popen(command("worker", scheduler, "--name", "box-local", "--backend", "local"), stderr=subprocess.PIPE, text=True)
-    args = ["--backend", "local", *matrix("smollm2-135m", "bm25", 2), "--quiet", "--corpus", DEMO / "corpus.jsonl"]
-    args += ["--testset", DEMO / "testset.jsonl"]
+    args = ["--backend", "local", *matrix("smollm2-135m", "bm25", 2), "--quiet", *DEMO_DATA]
     try:
         wait_for(scheduler, 1)
         clustered = run_cli(*args, "--cluster", scheduler, "--results-dir", tmp_path / "cluster", timeout=600)
@@ -166,17 +167,13 @@ def test_a_local_backend_box_runs_the_real_model_and_answers_as_in_process(sched
 
 def test_a_box_lost_mid_generation_costs_only_the_answers_in_flight(scheduler, tmp_path):
     with OllamaEmulator(call_s=0.05) as a, OllamaEmulator(call_s=0.05) as b:
-        boxes = {"box-a": start_box(scheduler, "box-a", a), "box-b": start_box(scheduler, "box-b", b)}
-        try:
+        with killed_at_end({"box-a": start_box(scheduler, "box-a", a), "box-b": start_box(scheduler, "box-b", b)}) as boxes:
             wait_for(scheduler, 2)
             head = start_cli(*head_args(scheduler, tmp_path / "r"))
             wait_while_running(head, lambda: max(emu.state.work[("answers", m)] for emu in (a, b) for m in LLMS.split(",")) >= 3)
             victim = "box-a" if sum(v for (kind, _), v in a.state.work.items() if kind == "answers") else "box-b"
             boxes[victim].kill()
             out, err = head.communicate(timeout=180)
-        finally:
-            for box in boxes.values():
-                box.kill()
         answered = sum(v for emu in (a, b) for (kind, _), v in emu.state.work.items() if kind == "answers")
     assert head.returncode == 0, out + err
     rows = samples(tmp_path / "r")
@@ -229,9 +226,7 @@ def test_a_model_that_fits_no_box_fails_with_its_reason_and_the_rest_completes(s
         try:
             wait_for(scheduler, 1)
             args = ["--backend", "ollama", "--cluster", scheduler, *matrix("llama3.2:3b,qwen2.5:7b", "nomic-embed-text", 3)]
-            result = run_cli(
-                *args, "--results-dir", tmp_path, "--quiet", "--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"
-            )
+            result = run_cli(*args, "--results-dir", tmp_path, "--quiet", *DEMO_DATA)
         finally:
             box.kill()
     assert result.returncode == 1, result.stdout + result.stderr
@@ -248,21 +243,16 @@ def test_out_of_memory_on_a_small_box_moves_the_unfinished_work_to_a_bigger_one(
     twice, and every answer ends up made."""
     with OllamaEmulator(total_vram=5 * 1024**3, system_ram=1024**3) as small, OllamaEmulator() as big:
         small.add_fault(Fault("/api/chat", 500, "CUDA error: out of memory", count=1000, model="llama3.2:3b", when="work"))
-        boxes = [start_box(scheduler, "box-small", small), start_box(scheduler, "box-big", big)]
-        try:
+        with killed_at_end([start_box(scheduler, "box-small", small), start_box(scheduler, "box-big", big)]):
             wait_for(scheduler, 2)
             args = ["--backend", "ollama", "--cluster", scheduler, *matrix("llama3.2:3b,qwen2.5:7b", "bm25", 3)]
-            data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
-            plan = run_cli(*args, *data, "--results-dir", tmp_path / "plan", "--dry-run")
+            plan = run_cli(*args, *DEMO_DATA, "--results-dir", tmp_path / "plan", "--dry-run")
             with distributed.Client(scheduler, timeout="10s") as client:
                 release = hold_slot(client, "box-big")
-                head = start_cli(*args, *data, "--results-dir", tmp_path / "r", "--quiet")
+                head = start_cli(*args, *DEMO_DATA, "--results-dir", tmp_path / "r", "--quiet")
                 wait_while_running(head, lambda: logged(tmp_path / "r", "stage_moved") == 2)
                 release()
                 out, err = head.communicate(timeout=120)
-        finally:
-            for box in boxes:
-                box.kill()
     assert head.returncode == 0, out + err
     fits = {line.split("│")[1].strip(): line for line in plan.stdout.splitlines() if line.count("│") > 3}
     assert "yes on every box" in fits["llama3.2:3b"] and "yes on box-big; NO on box-small" in fits["qwen2.5:7b"]
@@ -286,14 +276,14 @@ def test_a_move_whose_bigger_box_dies_waits_for_a_bigger_box(scheduler, tmp_path
     config = tmp_path / "run.yaml"
     config.write_text("cluster_wait_s: 3\n")
     with OllamaEmulator(total_vram=5 * 1024**3, system_ram=1024**3) as small, OllamaEmulator() as big, OllamaEmulator() as later:
-        boxes = {"box-small": start_box(scheduler, "box-small", small), "box-big": start_box(scheduler, "box-big", big)}
-        try:
+        with killed_at_end(
+            {"box-small": start_box(scheduler, "box-small", small), "box-big": start_box(scheduler, "box-big", big)}
+        ) as boxes:
             wait_for(scheduler, 2)
             args = ["--config", config, "--backend", "ollama", "--cluster", scheduler, *matrix("qwen2.5:7b", "bm25", 3), "--quiet"]
             with distributed.Client(scheduler, timeout="10s") as client:
                 held = hold_slot(client, "box-big")  # busy until it is killed
-                data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
-                head = start_cli(*args, *data, "--results-dir", tmp_path / "r")
+                head = start_cli(*args, *DEMO_DATA, "--results-dir", tmp_path / "r")
                 wait_while_running(head, lambda: logged(tmp_path / "r", "stage_moved"))
                 boxes["box-big"].kill()  # with the task that held it
                 boxes["box-big"].wait()
@@ -301,9 +291,6 @@ def test_a_move_whose_bigger_box_dies_waits_for_a_bigger_box(scheduler, tmp_path
                 if another_joins:
                     boxes["box-big-2"] = start_box(scheduler, "box-big-2", later)
                 out, err = head.communicate(timeout=120)
-        finally:
-            for box in boxes.values():
-                box.kill()
     rows = samples(tmp_path / "r").values()
     assert big.state.work[("answers", "qwen2.5:7b")] == 0
     if another_joins:
@@ -321,14 +308,12 @@ def test_a_box_that_joins_after_the_plan_with_other_sources_is_refused_and_its_t
     shutil.copytree(BENCHMARK.parent, edited / "src", ignore=shutil.ignore_patterns("__pycache__"))
     (edited / "src" / "ragsweep" / "fmt.py").open("a").write("# edited on this box only\n")
     with OllamaEmulator() as a, OllamaEmulator() as b:
-        boxes = [start_box(scheduler, "box-a", a)]
-        try:
+        with killed_at_end([start_box(scheduler, "box-a", a)]) as boxes:
             wait_for(scheduler, 1)
             with distributed.Client(scheduler, timeout="10s") as client:
                 release = hold_slot(client, "box-a")
                 args = ["--backend", "ollama", "--cluster", scheduler, *matrix("llama3.2:3b", "bm25", 3), "--quiet"]
-                data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
-                head = start_cli(*args, *data, "--results-dir", tmp_path / "r")
+                head = start_cli(*args, *DEMO_DATA, "--results-dir", tmp_path / "r")
                 wait_while_running(head, lambda: logged(tmp_path / "r", "stage_start"))  # the plan is done
                 late = [sys.executable, edited / "src" / "benchmark.py", *command("worker", scheduler)[2:]]
                 late += ["--name", "box-b", "--backend", "ollama", "--ollama-host", b.url]
@@ -336,9 +321,6 @@ def test_a_box_that_joins_after_the_plan_with_other_sources_is_refused_and_its_t
                 wait_while_running(head, lambda: logged(tmp_path / "r", "box_refused"))
                 release()
                 out, err = head.communicate(timeout=120)
-        finally:
-            for box in boxes:
-                box.kill()
     assert head.returncode == 0, out + err
     assert not b.state.loads and a.state.work[("answers", "llama3.2:3b")] == 3
     [refused] = [e for e in events_of(tmp_path / "r") if e["event"] == "box_refused"]
@@ -430,14 +412,13 @@ def test_a_tls_scheduler_serves_boxes_and_head_that_hold_its_certificates_and_re
                 "cluster_wait_s: 2\n"
             )
             common = ["--backend", "ollama", "--cluster", address, *matrix("llama3.2:3b", "bm25", 2), "--quiet"]
-            data = ["--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl"]
-            result = run_cli("--config", config, *common, *data, "--results-dir", tmp_path / "r")
-            plain = run_cli(*common, *data, "--results-dir", tmp_path / "plain", timeout=60)
+            result = run_cli("--config", config, *common, *DEMO_DATA, "--results-dir", tmp_path / "r")
+            plain = run_cli(*common, *DEMO_DATA, "--results-dir", tmp_path / "plain", timeout=60)
             other = make_certificates(tmp_path / "other")  # a certificate the scheduler's CA did not sign
             (tmp_path / "other.yaml").write_text(
                 f"cluster_tls_ca_file: {other['ca']}\ncluster_tls_cert: {other['cert']}\ncluster_tls_key: {other['key']}\n"
             )
-            stranger = run_cli("--config", tmp_path / "other.yaml", *common, *data, "--results-dir", tmp_path / "o", timeout=60)
+            stranger = run_cli("--config", tmp_path / "other.yaml", *common, *DEMO_DATA, "--results-dir", tmp_path / "o", timeout=60)
         finally:
             box.kill()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -467,7 +448,7 @@ def test_a_box_behind_a_tunnel_reaches_the_scheduler_through_it_and_serves_on_it
             with distributed.Client(scheduler, timeout="10s") as client:
                 [address] = client.scheduler_info(n_workers=-1)["workers"]
             args = ["--backend", "ollama", "--cluster", scheduler, *matrix("llama3.2:3b", "bm25", 2), "--quiet"]
-            result = run_cli(*args, "--corpus", DEMO / "corpus.jsonl", "--testset", DEMO / "testset.jsonl", "--results-dir", tmp_path)
+            result = run_cli(*args, *DEMO_DATA, "--results-dir", tmp_path)
         finally:
             box.kill()
     assert address == f"tcp://127.0.0.1:{port}" and tunnel.connections >= 1

@@ -141,7 +141,7 @@ class Settings(BaseModel):
     @classmethod
     def _known_backend(cls, value: str) -> str:
         if value not in BACKENDS:
-            raise ValueError(f"unknown backend {value!r} (known: {', '.join(BACKENDS)})")
+            raise ValueError(f"unknown backend {shown(value)} (known: {', '.join(BACKENDS)})")
         return value
 
     @field_validator("llms", "embeddings")
@@ -157,7 +157,7 @@ class Settings(BaseModel):
     def _known_metrics(cls, value: dict) -> dict:
         unknown = sorted(set(value) - set(JUDGE_METRICS))
         if unknown:
-            raise ValueError(f"unknown metric {unknown[0]!r} (known: {', '.join(JUDGE_METRICS)})")
+            raise ValueError(f"unknown metric {shown(unknown[0])} (known: {', '.join(JUDGE_METRICS)})")
         return value
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
