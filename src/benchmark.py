@@ -26,14 +26,24 @@ from ragsweep.config import Settings, load_env_file, load_settings
 from ragsweep.errors import RagsweepError
 from ragsweep.events import Event
 from ragsweep.generation import generate
-from ragsweep.judge import judge, no_judge_hint, require_judge_packages, require_judge_reachable, require_same_judge, resolve_judge
+from ragsweep.judge import (
+    judge,
+    judging_beside,
+    no_judge_hint,
+    require_judge_packages,
+    require_judge_reachable,
+    require_same_judge,
+    resolve_judge,
+)
 from ragsweep.lifecycle import clean_state
 from ragsweep.lock import results_lock
 from ragsweep.plan import Plan, make_plan, print_plan, print_settings
 from ragsweep.platform import get_platform_config
+from ragsweep.prompt import longest_prompt_bytes
 from ragsweep.redact import redact
 from ragsweep.report import print_outcome, write_exports
 from ragsweep.retrieval import chunk_documents, retrieve_all
+from ragsweep.retrievers import ORACLE
 from ragsweep.run import open_run
 from ragsweep.store import Store
 from ragsweep.terminal import make_output_safe
@@ -74,7 +84,20 @@ def sweep(settings: Settings, args: argparse.Namespace, out: Console) -> int:
         return retry_failed(settings, platform, backend, store, judge_spec, out)
     if settings.baseline and store.run(settings.baseline) is None:
         raise errors.ConfigError(f"--baseline {settings.baseline}: no such run in {store.path} (latest: {store.latest_run_id()})")
-    plan = make_plan(backend, store, settings.embeddings, settings.llms, len(questions), len(chunks), judge_spec, settings.top_k)
+    plan = make_plan(
+        backend,
+        store,
+        settings.embeddings,
+        settings.llms,
+        len(questions),
+        len(chunks),
+        judge_spec,
+        settings.top_k,
+        settings.generation_concurrency,
+        settings.num_ctx,
+        longest_prompt_bytes(questions, chunks, documents if ORACLE in settings.embeddings else [], settings.top_k),
+        settings.max_tokens,
+    )
     print_plan(plan, platform, out)
     if args.dry_run:
         print_settings(settings, out)
@@ -83,17 +106,20 @@ def sweep(settings: Settings, args: argparse.Namespace, out: Console) -> int:
     with open_run(settings, platform, backend, store, plan, questions, quiet=args.quiet) as run:
         clean_state(backend, run.log, "plan")  # nothing left over from before this run
 
-        with run.timed("retrieve_s"):  # retrieve: each embedding model loaded once (with --cluster, on a box, in parallel)
-            fill_embeddings(run, plan.retrievers, chunks, questions)
-            usable = retrieve_all(run, plan.retrievers, chunks, questions)
+        with judging_beside(run, plan.judge) as judging:  # a cloud or URL judge starts on each answer as it is stored
+            with run.timed("retrieve_s"):  # retrieve: each embedding model loaded once (with --cluster, on a box, in parallel)
+                fill_embeddings(run, plan.retrievers, chunks, questions)
+                usable = retrieve_all(run, plan.retrievers, chunks, questions)
 
-        with run.timed("generate_s"):  # generate: each LLM loaded once, answers under every retriever's contexts
-            fill_answers(run, plan.llms, usable, questions)
-            for llm in plan.llms:
-                generate(run, llm, usable, questions)
+            with run.timed("generate_s"):  # generate: each LLM loaded once, answers under every retriever's contexts
+                fill_answers(run, plan.llms, usable, questions)
+                for llm in plan.llms:
+                    generate(run, llm, usable, questions)
 
-        with run.timed("judge_s"):  # judge: after all generation, so a local judge never shares memory with an LLM
-            if plan.judge:
+        with run.timed("judge_s"):  # judge: the tail after the last answer; an Ollama judge only now, alone in memory
+            if judging:
+                judging.finish()
+            elif plan.judge:
                 judge(run, plan.judge)
             else:
                 run.note(f"LLM-judged metrics (RAGAS) skipped — {no_judge_hint(settings)}")

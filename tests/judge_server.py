@@ -3,8 +3,9 @@
 POST /v1/chat/completions answers with JSON that is valid against the schema the client put in
 its prompt (instructor's JSON mode), so every RAGAS metric can parse it; POST /v1/embeddings
 returns deterministic vectors with positive components. Faults are injectable: 429 with
-Retry-After, 500, garbage (non-JSON) content, added latency. It counts requests and the most
-that were ever in flight at once.
+Retry-After, 500, garbage (non-JSON) content, added latency, and a provider's concurrency limit
+(a chat request beyond `max_concurrent` in flight gets 429 with Retry-After, as OpenAI's do). It
+counts requests, the most that were ever in flight at once, and when chat calls came.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class JudgeFaults:
     always: str | None = None  # "rate_limit" | "server_error" | "garbage" for every chat request
     latency_s: float = 0.0
     noisy: float = 0.0  # each verdict is 0 instead of 1 with this probability (seeded): a judge that varies between calls
+    max_concurrent: int = 0  # a provider's concurrency limit: a chat request beyond this many in flight answers 429
+    retry_after_s: float = 0.2  # the Retry-After those 429s carry
+    basic_auth: str | None = None  # "user:password": every request without that Basic Authorization header gets 401
 
 
 @dataclass
@@ -38,7 +42,11 @@ class JudgeState:
     embedding_requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    chat_in_flight: int = 0
+    max_chat_served: int = 0  # the most chat requests served at once (a refused one is not served)
     statuses: Counter = field(default_factory=Counter)
+    first_chat_t: float | None = None  # time.time() of the first and the latest chat request
+    last_chat_t: float | None = None
 
 
 class JudgeServer:
@@ -115,6 +123,12 @@ def _schema_in(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def _basic(credentials: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
 def _vector(text: str, dims: int = 64) -> list[float]:
     vector = [0.1] * dims  # positive components: cosine similarities stay in (0, 1]
     for word in re.findall(r"\w+", text.lower()):
@@ -133,11 +147,13 @@ def _handler_for(server: JudgeServer):
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if server.faults.basic_auth and self.headers.get("Authorization") != _basic(server.faults.basic_auth):
+                return self._send(401, {"error": {"message": "Unauthorized", "type": "invalid_request_error"}})
             with server.lock:
                 server.state.in_flight += 1
                 server.state.max_in_flight = max(server.state.max_in_flight, server.state.in_flight)
             try:
-                if server.faults.latency_s:
+                if server.faults.latency_s and not self.path.endswith("/chat/completions"):
                     time.sleep(server.faults.latency_s)
                 if self.path.endswith("/embeddings"):
                     return self._embeddings(body)
@@ -149,16 +165,37 @@ def _handler_for(server: JudgeServer):
                     server.state.in_flight -= 1
 
         def _chat(self, body):
+            state = server.state
             with server.lock:
-                server.state.chat_requests += 1
-                n = server.state.chat_requests
+                state.chat_requests += 1
+                n = state.chat_requests
+                state.first_chat_t = state.first_chat_t or time.time()
+                state.last_chat_t = time.time()
+                over = server.faults.max_concurrent and state.chat_in_flight >= server.faults.max_concurrent
+                if not over:
+                    state.chat_in_flight += 1
+                    state.max_chat_served = max(state.max_chat_served, state.chat_in_flight)
+            if over:
+                return self._rate_limited(str(server.faults.retry_after_s))
+            try:
+                return self._serve_chat(body, n)
+            finally:
+                with server.lock:
+                    state.chat_in_flight -= 1
+
+        def _rate_limited(self, retry_after: str):
+            return self._send(
+                429,
+                {"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}},
+                {"Retry-After": retry_after},
+            )
+
+        def _serve_chat(self, body, n: int):
+            if server.faults.latency_s:
+                time.sleep(server.faults.latency_s)
             fault = server.fault_for(n)
             if fault == "rate_limit":
-                return self._send(
-                    429,
-                    {"error": {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}},
-                    {"Retry-After": "0"},
-                )
+                return self._rate_limited("0")
             if fault == "server_error":
                 return self._send(
                     500, {"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}

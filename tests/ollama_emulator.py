@@ -15,6 +15,14 @@ Faithful to ../shared/reference/ollama-api-facts.md where ragsweep depends on it
   allocation beyond the free memory is answered with the 500 out-of-memory error: the failure
   users hit (ollama#8471, #8616) when models pile up.
 - options that change the runner (num_ctx) reload the model.
+- parallel slots (OLLAMA_NUM_PARALLEL, default 1): a runner decodes up to `num_parallel` requests
+  at once, each slower as streams share the batch (aggregate ceiling about 2.8x at 4); the rest
+  wait in a queue, and past `max_queue` pending requests the answer is 503 "server busy". The KV
+  cache is allocated per slot, so /api/ps grows with slots x num_ctx. Embedding models: one slot.
+- truncation: a chat/generate prompt longer than num_ctx is cut silently (200, prompt_eval_count =
+  num_ctx) unless `truncate: false` is sent to a server >= 0.12.6, which answers 400.
+- durations: total_duration includes the time a request waited for a slot; prompt_eval_duration +
+  eval_duration are the model's own time.
 
 Answers and embeddings are simple deterministic functions of the input. Counters (loads, requests,
 peak device use) and fault injection serve the assertions; the device view feeds the test's fake
@@ -43,6 +51,9 @@ FOREVER = float("inf")
 DEFAULT_KEEP_ALIVE = 300.0
 WAIT = "<wait>"
 OOM_MESSAGE = "llama runner process has terminated: cudaMalloc failed: out of memory"
+BUSY_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"  # two spaces, as in the source
+OVERFLOW_MESSAGE = "the input length exceeds the context length"
+SHARED_BATCH_COST = 0.15  # each extra stream in the batch makes every stream this much slower: 4 streams ~ 2.76x one
 
 
 @dataclass(frozen=True)
@@ -67,9 +78,9 @@ class ModelCard:
         """Ollama's pre-flight guess: file size + KV."""
         return self.disk_bytes + int(self.kv_per_4096 * num_ctx / 4096)
 
-    def allocation(self, num_ctx: int, num_gpu: int | None = None) -> tuple[int, int]:
-        """(bytes on the GPU incl. the CUDA context, bytes in system RAM): the observed /api/ps size, KV scaled."""
-        total = self.vram_bytes + int(self.kv_per_4096 * (num_ctx / 4096 - 1))
+    def allocation(self, num_ctx: int, num_gpu: int | None = None, slots: int = 1) -> tuple[int, int]:
+        """(bytes on the GPU incl. the CUDA context, bytes in system RAM): the observed /api/ps size, KV scaled per slot."""
+        total = self.vram_bytes + int(self.kv_per_4096 * (num_ctx * slots / 4096 - 1))
         share = 1.0 if num_gpu is None or num_gpu < 0 else min(num_gpu, self.block_count) / self.block_count
         return int(total * share) + CUDA_CONTEXT, total - int(total * share)
 
@@ -106,6 +117,10 @@ class Runner:
     expires_at: float = 0.0  # monotonic
     refcount: int = 0
     stopping_since: float | None = None
+    slots: int = 1
+    decoding: int = 0  # requests holding a slot now
+    waiting: int = 0  # requests queued for a slot
+    slot_free: threading.Condition | None = None
 
 
 @dataclass
@@ -141,7 +156,11 @@ class EmulatorState:
     evictions: int = 0
     awaiting_recovery: bool = False
     oom_errors: int = 0
+    busy_errors: int = 0  # 503s answered because the queue was full
     peak_device_used: int = 0
+    peak_decoding: int = 0  # most requests decoded at once by one runner
+    peak_waiting: int = 0  # most requests queued at once for one runner
+    authorizations: Counter = field(default_factory=Counter)  # Authorization headers seen (an auth proxy in front would check them)
     faults: list[Fault] = field(default_factory=list)
     next_pid: int = 424200
 
@@ -157,9 +176,13 @@ class OllamaEmulator:
         system_ram: int = 64 * 1024**3,
         foreign_bytes: int = 0,
         port: int = 0,
+        num_parallel: int = 1,
+        max_queue: int = 512,
     ):
         self.state = EmulatorState(total_vram, linger_s, vram_lag_s, system_ram, foreign_bytes)
-        self.call_s = call_s  # time "inside the model" per request
+        self.call_s = call_s  # time "inside the model" per request, alone in the batch
+        self.num_parallel = num_parallel  # OLLAMA_NUM_PARALLEL
+        self.max_queue = max_queue  # OLLAMA_MAX_QUEUE
         self.version = version
         self.lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
@@ -277,7 +300,8 @@ class OllamaEmulator:
         return idle[0][1] if idle else next(iter(others))
 
     def _load(self, card: ModelCard, num_ctx: int, keep_alive: float | None, num_gpu: int | None = None) -> Runner:
-        allocated, in_ram = card.allocation(num_ctx, num_gpu)
+        slots = 1 if card.kind == "embedding" else self.num_parallel  # embedding models always get one slot
+        allocated, in_ram = card.allocation(num_ctx, num_gpu, slots)
         ram_free = self.state.system_ram - sum(r.in_ram for r in self.state.runners.values())
         if in_ram > ram_free:
             self.state.oom_errors += 1
@@ -297,11 +321,36 @@ class OllamaEmulator:
             in_ram,
             num_gpu,
             refcount=1,
+            slots=slots,
+            slot_free=threading.Condition(self.lock),
         )
         self.state.runners[card.name] = runner
         self.state.loads[card.name] += 1
         self.state.peak_device_used = max(self.state.peak_device_used, self.device_used())
         return runner
+
+    def decode(self, runner: Runner, seconds_alone: float) -> float:
+        """Wait for a slot (503 past the queue limit), then decode in the shared batch; returns the seconds spent decoding."""
+        with self.lock:
+            if runner.decoding >= runner.slots and runner.waiting >= self.max_queue:
+                self.state.busy_errors += 1
+                raise HTTPError(503, BUSY_MESSAGE)
+            runner.waiting += 1
+            if runner.decoding >= runner.slots:
+                self.state.peak_waiting = max(self.state.peak_waiting, runner.waiting)
+            while runner.decoding >= runner.slots:
+                runner.slot_free.wait()
+            runner.waiting -= 1
+            runner.decoding += 1
+            self.state.peak_decoding = max(self.state.peak_decoding, runner.decoding)
+            seconds = seconds_alone * (1 + SHARED_BATCH_COST * (runner.decoding - 1))  # streams share the batch
+        try:
+            time.sleep(seconds)
+        finally:
+            with self.lock:
+                runner.decoding -= 1
+                runner.slot_free.notify()
+        return seconds
 
     def release(self, runner: Runner) -> None:
         with self.lock:
@@ -354,6 +403,11 @@ def parse_keep_alive(value: Any) -> float | None:
         seconds = sum(float(n) * units[u] for n, u in parts)
         return FOREVER if seconds < 0 else seconds
     raise HTTPError(400, f"Unsupported type: '{type(value).__name__}'")
+
+
+def _at_least(version: str, minimum: str) -> bool:
+    as_tuple = lambda v: tuple(int(part) for part in re.findall(r"\d+", v)[:3])  # noqa: E731
+    return as_tuple(version) >= as_tuple(minimum)
 
 
 def _now_local() -> str:
@@ -443,6 +497,7 @@ def _handler_for(emulator: OllamaEmulator):
                 model = body.get("model") if isinstance(body, dict) else None
                 with emulator.lock:
                     emulator.state.requests[(self.path, model)] += 1
+                    emulator.state.authorizations[self.headers.get("Authorization")] += 1
                 is_load = isinstance(body, dict) and not (body.get("messages") or body.get("prompt") or body.get("input"))
                 fault = emulator.take_fault(self.path, model, is_load)
                 if fault and fault.kind == "reset":
@@ -517,6 +572,10 @@ def _handler_for(emulator: OllamaEmulator):
                 "general.architecture": card.family,
                 f"{card.family}.context_length": card.context_length,
                 f"{card.family}.block_count": card.block_count,
+                f"{card.family}.embedding_length": 4096,
+                f"{card.family}.attention.head_count": 32,
+                # chosen so that the facts file's formula gives the card's KV for 4096 tokens
+                f"{card.family}.attention.head_count_kv": max(1, round(card.kv_per_4096 / (2 * card.block_count * 128 * 4096 * 2))),
             }
             return 200, {
                 "modelfile": "",
@@ -580,21 +639,23 @@ def _handler_for(emulator: OllamaEmulator):
             try:
                 if empty:
                     return 200, {**base, **blank, "done": True, "done_reason": "load"}
+                source = json.dumps(body["messages"]) if chat else body["prompt"]
+                words = len(source.split())  # the emulator's tokens
+                if words > runner.num_ctx and body.get("truncate") is False and _at_least(emulator.version, "0.12.6"):
+                    raise HTTPError(400, OVERFLOW_MESSAGE)
                 if fault and fault.kind == "hang":
                     time.sleep(fault.hang_s)  # a runaway generation: it holds its runner ("Stopping..." after an unload) until it ends
-                time.sleep(emulator.call_s)
+                model_s = emulator.decode(runner, emulator.call_s)
                 with emulator.lock:
                     emulator.state.work[("answers", card.name)] += 1
-                source = json.dumps(body["messages"]) if chat else body["prompt"]
                 text = _answer(source.replace("\\n", "\n")) if not body.get("format") else _structured(body)
-                words = len(source.split())
                 metrics = {
-                    "total_duration": int((time.perf_counter() - start) * 1e9),
+                    "total_duration": int((time.perf_counter() - start) * 1e9),  # the wait for a slot included, as in Ollama
                     "load_duration": load_ns,
-                    "prompt_eval_count": words,
-                    "prompt_eval_duration": int(emulator.call_s * 5e8),
+                    "prompt_eval_count": min(words, runner.num_ctx),  # after a silent cut: what was evaluated
+                    "prompt_eval_duration": int(model_s * 5e8),
                     "eval_count": len(text.split()),
-                    "eval_duration": int(emulator.call_s * 5e8),
+                    "eval_duration": int(model_s * 5e8),
                 }
                 content = {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
                 if fault and fault.mid_stream:  # runner died after chunks went out: 200, error line, no done
@@ -623,7 +684,7 @@ def _handler_for(emulator: OllamaEmulator):
                 inputs = [i for i in inputs if i]
                 if not inputs:
                     return 200, {"model": body["model"], "embeddings": []}
-                time.sleep(emulator.call_s)
+                emulator.decode(runner, emulator.call_s)
                 with emulator.lock:
                     emulator.state.work[("embedded", card.name)] += len(inputs)
                 vectors = [_embed(text, card.dims) for text in inputs]

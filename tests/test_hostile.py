@@ -310,3 +310,206 @@ def test_report_never_creates_a_database_and_waits_for_no_live_run(tmp_path):
     with results_lock(tmp_path / "r", "a-live-run"):  # a run in progress holds the folder
         result = run_cli("report", "--results-dir", tmp_path / "r")
     assert "another ragsweep run is using" in one_line_error(result, code=4)
+
+
+# Numbers ----------------------------------------------------------------------------------------------
+
+NUMERIC_SETTINGS = [
+    name
+    for name, field in __import__("ragsweep.config", fromlist=["Settings"]).Settings.model_fields.items()
+    if any(kind in str(field.annotation) for kind in ("int", "float")) and "list" not in str(field.annotation)
+]
+
+
+@pytest.mark.parametrize("name", NUMERIC_SETTINGS)
+def test_every_numeric_setting_refuses_infinite_huge_and_negative_values_in_one_line(tmp_path, name):
+    from ragsweep.config import load_settings
+    from ragsweep.errors import ConfigError
+
+    for value in (".inf", "-.inf", ".nan", "1e300", "-1", "99999999999999999999"):
+        shown = f"{{faithfulness: {value}}}" if name.startswith("judge_metric_") else value
+        config = tmp_path / "config.yaml"
+        config.write_text(f"{name}: {shown}\n")
+        try:
+            load_settings(config, {}, environ={})
+        except ConfigError as error:
+            assert str(error).startswith(f"{config}:1: field '{name}'") and "\n" not in str(error)
+        else:
+            pytest.fail(f"{name}: {value} was accepted")
+
+
+@pytest.mark.parametrize("flags", [["--max-failures", "inf"], ["--request-timeout", "inf"], ["--request-timeout", "1e12"]])
+def test_infinite_or_huge_numbers_on_the_command_line_are_one_line(tmp_path, flags):
+    assert one_line_error(run_cli(*flags, "--results-dir", tmp_path, "--dry-run")).startswith(f"ragsweep: error: {flags[0]}: ")
+
+
+def test_an_error_names_the_flag_the_user_typed():
+    from ragsweep.cli import build_parser
+    from ragsweep.config import Settings, load_settings
+    from ragsweep.errors import ConfigError
+
+    for action in build_parser()._actions:
+        if action.dest in Settings.model_fields and action.type in (int, float):
+            with pytest.raises(ConfigError) as refused:
+                load_settings(None, {action.dest: -(10**30)}, environ={})
+            assert refused.value.args[0].split(":")[0] in action.option_strings, action.dest
+
+
+@pytest.mark.parametrize("flags", [["--port", "99999"], ["--port", "0"], ["--gpus", "0"], ["--gpus", "-3"]])
+def test_a_worker_port_or_gpu_count_out_of_range_is_refused(flags):
+    result = run_cli("worker", "tcp://127.0.0.1:9", "--name", "box", *flags)
+    assert result.returncode == 2 and f"argument {flags[0]}: " in result.stderr and "Traceback" not in result.stderr
+
+
+# Inputs that ended in a traceback ---------------------------------------------------------------------
+
+
+def test_json_nested_past_the_parsers_depth_is_one_line(tmp_path, tiny_corpus):
+    for name, text in (("deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n"), ("deep.json", "[" + "[" * 100_000 + "]" * 100_000 + "]")):
+        testset = tmp_path / name
+        testset.write_text(text)
+        error = one_line_error(run_cli("--corpus", tiny_corpus, "--testset", testset, "--results-dir", tmp_path, "--dry-run"))
+        assert f"{testset}" in error and "nested too deeply" in error
+
+
+def test_a_csv_field_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    passage = "Paris is the capital of France. " * 5_000  # 160,000 characters: one long document
+    corpus = tmp_path / "corpus.csv"
+    corpus.write_text(f'id,title,text\nd1,Paris,"{passage}"\n')
+    testset = write_jsonl(
+        tmp_path / "testset.jsonl", [{"id": "q1", "question": "Capital of France?", "reference": "Paris", "reference_context_ids": ["d1"]}]
+    )
+    result = run_cli("--corpus", corpus, "--testset", testset, "--results-dir", tmp_path, "--dry-run")
+    assert result.returncode == 0, result.stderr
+
+
+def as_a_user(*args: str) -> subprocess.CompletedProcess:
+    """The CLI without root's power to read any file (the suite may run as root in a container): file modes apply."""
+    if os.geteuid() != 0:
+        return run_cli(*args)
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a file root cannot read cannot be made")
+    drop = "-dac_override,-dac_read_search"
+    return subprocess.run(
+        ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *command(*args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_files_the_os_will_not_let_us_read_are_one_line(tmp_path, tiny_corpus, tiny_testset):
+    tiny_testset.chmod(0)
+    error = one_line_error(as_a_user("--corpus", tiny_corpus, "--testset", tiny_testset, "--results-dir", tmp_path, "--dry-run"))
+    assert error.startswith(f"ragsweep: error: {tiny_testset}: cannot read it (Permission denied)")
+    config = tmp_path / "settings.yaml"
+    config.write_text("limit: 5\n")
+    config.chmod(0)
+    error = one_line_error(as_a_user("--config", config, "--dry-run"))
+    assert error.startswith(f"ragsweep: error: config file {config}: cannot read it (Permission denied)")
+
+
+def test_a_config_that_is_not_utf8_names_line_and_column(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("limit: 5\nllms: [caf\xe9]\n".encode("latin-1"))
+    assert (
+        one_line_error(run_cli("--config", config, "--dry-run"))
+        == f"ragsweep: error: {config}:2: not UTF-8 (byte 0xe9 at column 11) — save it as UTF-8\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "made, says",
+    [
+        ([], "holds no ragsweep results (an empty database)"),
+        (["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)"], "half-made ragsweep database (tables answers"),
+        (["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)", "INSERT INTO meta VALUES ('schema_version', 'abc')"], "'abc'"),
+        (["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)", "INSERT INTO meta VALUES ('schema_version', '4')"], "are missing"),
+    ],
+)
+def test_report_on_an_empty_or_half_made_database_is_one_line_and_writes_nothing(tmp_path, made, says):
+    database = tmp_path / "ragsweep.sqlite"
+    database.touch()
+    with sqlite3.connect(database) as db:
+        for statement in made:
+            db.execute(statement)
+    db.close()
+    before = database.read_bytes()
+    assert says in one_line_error(run_cli("report", "--results-dir", tmp_path))
+    assert database.read_bytes() == before  # reading never writes
+
+
+# Secrets in every form a user writes them ---------------------------------------------------------------
+
+SECRET = "Zq9SECRETxY"
+CREDENTIAL_FORMS = [
+    "u:{s}@127.0.0.1:9",  # no scheme, as OLLAMA_HOST is often written
+    "http://u:{s}@127.0.0.1:9",
+    "https://u:p@{s}@127.0.0.1:9/v1",  # a password holding '@', written raw
+    "http://u:{s}%2Fx@127.0.0.1:9",  # percent-encoded
+    "http://{s}@127.0.0.1:9",  # a token as the user part
+    "http://127.0.0.1:9/v1?api_key={s}",
+]
+URL_SETTINGS = {
+    "ollama_host": lambda url: ["--backend", "local", "--llms", "smollm2-135m", "--embeddings", "bm25", "--ollama-host", url],
+    "OLLAMA_HOST": lambda url: ["--backend", "local", "--llms", "smollm2-135m", "--embeddings", "bm25"],
+    "judge_base_url": lambda url: ["--judge", "openai/judge", "--judge-base-url", url, "--judge-embeddings", "openai/e"],
+    "cluster": lambda url: ["--cluster", url.replace("http://", "tcp://").replace("https://", "tls://")],
+}
+
+
+@pytest.mark.parametrize("setting", URL_SETTINGS)
+@pytest.mark.parametrize("form", CREDENTIAL_FORMS)
+def test_a_secret_in_any_url_setting_and_any_form_is_never_shown_or_stored(tmp_path, capsys, monkeypatch, setting, form):
+    import benchmark
+
+    url = form.format(s=SECRET)
+    monkeypatch.setenv("OLLAMA_HOST", url if setting == "OLLAMA_HOST" else "http://127.0.0.1:9")
+    code = benchmark.main([*URL_SETTINGS[setting](url), *DEMO, "--results-dir", str(tmp_path), "--dry-run"])
+    out = capsys.readouterr()
+    assert code in (0, 2, 3), out.err
+    assert SECRET not in out.out + out.err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("form", CREDENTIAL_FORMS)
+def test_a_secret_in_a_worker_address_is_never_shown(form):
+    result = run_cli("worker", form.format(s=SECRET).replace("http://", "tcp://").replace("https://", "tcp://"), "--name", "box")
+    assert result.returncode in (2, 3) and SECRET not in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+# What a model name may carry ----------------------------------------------------------------------------
+
+HOSTILE_NAMES = ["[/x]", "[bold red]loud[/]", "\x1b[31mred\x1b]0;owned\x07", "<span onmouseover=alert(1)>m"]
+ON_SCREEN = ["[/x].gguf", "[bold red]loud[/].gguf", "red.gguf", "<span onmouseover=alert(1)>m.gguf"]  # as typed, less escapes
+
+
+@pytest.mark.parametrize("name, on_screen", list(zip(HOSTILE_NAMES, ON_SCREEN, strict=True)))
+def test_a_model_name_is_shown_as_text_on_the_terminal(tmp_path, name, on_screen):
+    from ragsweep.backends.local import LocalBackend
+
+    gguf = LocalBackend("cpu", 60).describe("smollm2-135m", "llm").source
+    hostile = tmp_path / f"{name}.gguf"  # a '/' in the name makes a folder: the path as typed still holds the whole name
+    hostile.parent.mkdir(parents=True, exist_ok=True)
+    hostile.symlink_to(gguf)
+    result = run_cli("--llms", str(hostile), "--embeddings", "bm25", *DEMO, "--results-dir", tmp_path / "r", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout + result.stderr and "\x07" not in result.stdout  # no escape sequence reaches the terminal
+    assert on_screen in result.stdout and "owned" not in result.stdout  # brackets shown as typed; a window title is not
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_model_name_is_escaped_in_every_report(tmp_path, name):
+    from ragsweep.report import write_exports
+    from ragsweep.testset import Question
+
+    store = Store(tmp_path / "db.sqlite")
+    for run_id in ("r0", "r1"):  # r0 is the baseline: report.html then has the comparison table of deltas
+        store.start_run(run_id, {}, {}, {})
+        store.add_questions(run_id, [Question("q1", "Q?", "A", ("d1",))])
+        store.put_retrieval(run_id, "bm25", "q1", ["d1"], ["A"], {"recall_at_k": 1.0, "mrr": 1.0, "ndcg_at_k": 1.0})
+        store.put_answer(run_id, "bm25", name, "q1", {"answer": "A", "token_f1": 1.0, "exact_match": 1.0, "latency_s": 1.0})
+        store.add_event(run_id, 1, {"t": 1.0, "event": "note", "stage": None, "model": None, "message": f"{name}: failed"})
+    write_exports(store, "r1", tmp_path / "r1", baseline_id="r0")
+    html = (tmp_path / "r1" / "report.html").read_text()
+    markdown = (tmp_path / "r1" / "report.md").read_text()
+    assert "<span onmouseover" not in html and "<span onmouseover" not in markdown
+    if name.startswith("<"):
+        assert "&lt;span onmouseover=alert(1)&gt;m" in html and "&lt;span onmouseover=alert(1)&gt;m" in markdown

@@ -27,6 +27,15 @@ class SignalledWhileCollected:
         signal.raise_signal(self.signum)
 
 
+@pytest.fixture(autouse=True)
+def sigint_as_python_sets_it():
+    """A suite started as a background job (`... &`, nohup) inherits SIGINT ignored, and stop_on_signals rightly keeps it
+    ignored. These tests need Python's own Ctrl-C handler, as a run started from a terminal has."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def dropped(monkeypatch):
     """The exceptions Python dropped (printed as 'Exception ignored in ...')."""
@@ -95,7 +104,7 @@ def test_a_signal_during_a_judge_call_stops_judging_and_is_not_recorded_as_a_fai
     """Judge failures are data (NaN plus a cause), caught as Exception: a signal must not be one of them."""
     from ragsweep import judge as judge_stage
     from ragsweep.config import load_settings
-    from ragsweep.judge_client import JudgeClient, JudgeSpec, Usage
+    from ragsweep.judge_client import JudgeClient, JudgeSpec
     from ragsweep.platform import PlatformConfig
     from ragsweep.run import RunContext
     from ragsweep.runlog import RunLog
@@ -112,13 +121,14 @@ def test_a_signal_during_a_judge_call_stops_judging_and_is_not_recorded_as_a_fai
     class Metric:
         async def ascore(self, **inputs):
             if inputs["question"] == "q1":
-                signal.raise_signal(signum)
-            await asyncio.sleep(0)
+                signal.raise_signal(signum)  # handled on the run's thread while this call, and any begun beside it, is out
+            await asyncio.sleep(0 if inputs["question"] == "q0" else 0.3)
             return types.SimpleNamespace(value=1.0)
 
     client.metrics = lambda: {"faithfulness": Metric()}
     cells = {f"k{i}": [judge_stage.Cell("bm25", "llm", f"q{i}", "faithfulness", 0, {"question": f"q{i}"}, f"k{i}")] for i in range(4)}
+    cells_now = lambda: [cell for twins in cells.values() for cell in twins]  # noqa: E731
     with stop_on_signals(), pytest.raises(Interrupted) as raised:
-        asyncio.run(judge_stage._judge_all(ctx, client, spec, cells, Usage()))
+        judge_stage.Judging(ctx, spec, client=client, source=cells_now).start(answers_done=True).finish()
     assert raised.value.exit_code == 128 + signum
     assert [j["value"] for j in store.judgements("r1")] == [1.0]  # q0 judged; q1 stopped, not a NaN

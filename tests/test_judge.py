@@ -338,7 +338,7 @@ def test_workers_never_fight_over_the_last_cell_while_memory_pressure_halves_the
 
     from ragsweep import judge as judge_stage
     from ragsweep.config import load_settings
-    from ragsweep.judge_client import JudgeClient, JudgeSpec, Usage
+    from ragsweep.judge_client import JudgeClient, JudgeSpec
     from ragsweep.platform import PlatformConfig
     from ragsweep.run import RunContext
     from ragsweep.runlog import RunLog
@@ -363,7 +363,8 @@ def test_workers_never_fight_over_the_last_cell_while_memory_pressure_halves_the
 
     client.metrics = lambda: {"faithfulness": Metric()}
     cells = {f"k{i}": [judge_stage.Cell("bm25", "llm", f"q{i}", "faithfulness", 0, {}, f"k{i}")] for i in range(5)}
-    asyncio.run(judge_stage._judge_all(ctx, client, spec, cells, Usage()))
+    cells_now = lambda: [cell for twins in cells.values() for cell in twins]  # noqa: E731
+    judge_stage.Judging(ctx, spec, client=client, source=cells_now).start(answers_done=True).finish()
     assert len(store.judgements("r1")) == 5 and client.capacity == 2
     assert [e["new_judge_concurrency"] for e in store.events("r1") if e["event"] == "memory_pressure"] == [2]
 
@@ -390,3 +391,54 @@ def test_a_judge_url_litellm_could_not_call_is_a_config_error(url, message):
 
     with pytest.raises(ConfigError, match=rf"^--judge-base-url: {re.escape(message)}"):
         load_settings(None, {"judge_base_url": url}, environ={})
+
+
+def test_a_judge_at_a_url_judges_while_the_llms_answer(tmp_path):
+    """A judge whose memory ragsweep does not manage starts on each answer as it is stored, not after the last one."""
+    with OllamaEmulator(call_s=0.15) as emu, JudgeServer() as judge:
+        result = run(emu, judge, tmp_path, "--limit", "12")
+        assert result.returncode == 0, result.stderr
+        first_call = judge.state.first_chat_t
+    events = [json.loads(line) for line in (latest(tmp_path) / "events.jsonl").read_text().splitlines()]
+    last_answer = max(e["t"] for e in events if e["stage"] == "generate" and e["event"] == "stage_end")
+    assert first_call < last_answer  # judged during generation
+    (start,) = [e for e in events if e["stage"] == "judge" and e["event"] == "stage_start"]
+    assert start["overlapped"] is True
+    assert "- judge: ran beside generation for " in (latest(tmp_path) / "report.md").read_text()
+    samples = rows(latest(tmp_path) / "samples.csv")
+    assert len(samples) == 24 and all(s[m] for s in samples for m in METRICS)  # every cell judged, none lost to the overlap
+
+
+def test_a_rate_limiting_provider_lowers_the_judges_calls_in_flight(tmp_path):
+    with OllamaEmulator() as emu, JudgeServer(JudgeFaults(latency_s=0.03, max_concurrent=3, retry_after_s=0.05)) as judge:
+        result = run(emu, judge, tmp_path, "--judge-concurrency", "16")
+        assert result.returncode == 0, result.stderr
+        refused = judge.state.statuses[429]
+    events = [json.loads(line) for line in (latest(tmp_path) / "events.jsonl").read_text().splitlines()]
+    cuts = [e for e in events if e["event"] == "judge_concurrency"]
+    assert refused > 0 and cuts and all(e["cause"] == "rate_limit" and e["new_concurrency"] < e["concurrency"] for e in cuts)
+    assert min(e["new_concurrency"] for e in cuts) <= 4  # down towards what the provider allows
+    assert all(s[m] for s in rows(latest(tmp_path) / "samples.csv") for m in METRICS)  # the refusals were retried, not failed
+
+
+def test_a_judge_url_with_credentials_judges_every_cell(tmp_path):
+    """LiteLLM's async transport refuses credentials in the URL: they must travel as a Basic header, and never be shown."""
+    with OllamaEmulator() as emu, JudgeServer(JudgeFaults(basic_auth="judge:Pa55@word")) as judge:
+        url = judge.url.replace("http://", "http://judge:Pa55@word@") + "/v1"
+        result = run(emu, judge, tmp_path, "--judge-base-url", url)
+        assert result.returncode == 0, result.stderr
+        assert judge.state.statuses[401] == 0 and judge.state.chat_requests > 0
+    samples = rows(latest(tmp_path) / "samples.csv")
+    assert samples and all(s[m] for s in samples for m in METRICS)
+    stored = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    assert b"Pa55" not in stored and "Pa55" not in result.stdout + result.stderr
+
+
+def test_an_ollama_judge_on_a_host_with_credentials_judges_every_cell(emulator, tmp_path):
+    host = emulator.url.replace("http://", "http://ops:S3cret@")
+    env = {k: v for k, v in emulated_gpu_env(emulator).items() if k != "OPENAI_API_KEY"}
+    args = [*matrix("llama3.2:3b", "nomic-embed-text", 2), "--backend", "ollama", "--ollama-host", host, "--results-dir", tmp_path]
+    result = run_cli(*args, "--quiet", "--judge", "ollama_chat/qwen2.5:7b", env=env)
+    assert result.returncode == 0, result.stderr
+    assert all(s[m] for s in rows(latest(tmp_path) / "samples.csv") for m in METRICS)
+    assert emulator.state.authorizations["Basic b3BzOlMzY3JldA=="] > 0  # ops:S3cret, as a header

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from ragsweep.backends.base import GenerationOptions
 from ragsweep.backends.local import LOCAL_MODELS, LocalBackend, LocalModel
-from ragsweep.errors import ConfigError, MissingPackageError, ModelNotFoundError
+from ragsweep.errors import ConfigError, MissingPackageError, ModelCallError, ModelNotFoundError
 from ragsweep.prompt import build_prompt
 
 
@@ -42,6 +42,18 @@ def test_generates_with_both_llms():
             model.close()
         assert "paris" in result.text.lower(), (name, result.text)
         assert result.prompt_tokens > 10 and 1 <= result.completion_tokens <= 16
+
+
+def test_a_prompt_longer_than_the_context_fails_as_context_overflow_like_on_ollama():
+    backend = LocalBackend("cpu", request_timeout_s=120)
+    prompt = build_prompt("What is item 7 called?", [" ".join(f"Item {i} is called number {i}." for i in range(200))])
+    model = backend.load(backend.describe("smollm2-135m", "llm"), GenerationOptions(max_tokens=16, temperature=0.0, seed=0, num_ctx=256))
+    try:
+        with pytest.raises(ModelCallError) as refused:
+            model.generate(prompt)
+    finally:
+        model.close()
+    assert refused.value.cause == "context overflow" and "exceed context window" in str(refused.value)
 
 
 def test_digest_is_stable_content_hash():

@@ -141,6 +141,22 @@ def test_sigkill_during_generation_resumes_with_exactly_the_answers_left(tmp_pat
     assert rows == reference and len({(r["embedding_model"], r["llm"], r["question_id"]) for r in rows}) == len(rows) == 40
 
 
+def test_sigkill_with_four_requests_in_flight_resumes_with_exactly_the_answers_left(tmp_path, config, uninterrupted):
+    """Answers come back out of order from four slots: each is committed as it lands, and a resume asks only for the rest."""
+    results = tmp_path / "results"
+    with OllamaEmulator(num_parallel=4, call_s=0.05) as emu:
+        start_and_stop_when(emu, results, config, lambda work: work[("answers", "llama3.2:3b")] >= 9, signal.SIGKILL)
+        assert emu.state.peak_decoding > 1  # it was killed with several requests in flight
+        done = cached(results, "SELECT COUNT(*) FROM answer_cache")
+        reference, generated = uninterrupted
+        assert 0 < done < generated
+        before = Counter(emu.state.work)
+        assert run_to_end(emu, results, config).returncode == 0
+        after = Counter(emu.state.work) - before
+    assert answers(after) == generated - done  # nothing finished is asked again
+    assert results_of(results) == reference
+
+
 @pytest.mark.parametrize("stop_signal, exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_interrupt_writes_partial_exports_and_says_how_to_resume(tmp_path, config, stop_signal, exit_code):
     results = tmp_path / "results"

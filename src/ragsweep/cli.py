@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--testset", help="test-set file (.jsonl, .csv, .parquet)")
     p.add_argument("--limit", type=int, help="use the first N questions")
     p.add_argument("--top-k", type=int, help="passages retrieved per question")
+    p.add_argument("--num-ctx", type=int, help="each LLM's context window in tokens (default 4096): the prompt and the answer must fit")
+    p.add_argument(
+        "--generation-concurrency", type=int, help="generation requests in flight per LLM (default: found by measurement on Ollama)"
+    )
     p.add_argument("--judge", help="'none' or a LiteLLM model: gpt-4o-mini, ollama_chat/NAME, openai/NAME (with --judge-base-url)")
     p.add_argument("--judge-base-url", help="OpenAI-compatible server for openai/NAME judges (Ollama host for ollama_chat/)")
     p.add_argument("--judge-embeddings", help="LiteLLM embedding model for answer_relevancy")
@@ -57,14 +61,31 @@ def build_worker_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmark.py worker", description="Serve this GPU box to a ragsweep cluster run (a Dask worker).")
     p.add_argument("scheduler", help="the Dask scheduler's address, e.g. tcp://127.0.0.1:8786 through an SSH tunnel")
     p.add_argument("--name", required=True, help="this box's name in the ledger and the report")
-    p.add_argument("--gpus", type=int, default=1, help="model stages this box runs at once (one per card it gives)")
+    p.add_argument("--gpus", type=int_in(1, 1024), default=1, help="model stages this box runs at once (one per card it gives)")
     p.add_argument("--backend", choices=list(BACKENDS), help="where this box's models run (default: the head's --backend)")
     p.add_argument("--ollama-host", help="this box's Ollama (default: OLLAMA_HOST, else http://localhost:11434)")
-    p.add_argument("--port", type=int, help="listen on 127.0.0.1:PORT, for a reverse SSH tunnel (ssh -R PORT:127.0.0.1:PORT head)")
+    p.add_argument(
+        "--port", type=int_in(1, 65535), help="listen on 127.0.0.1:PORT, for a reverse SSH tunnel (ssh -R PORT:127.0.0.1:PORT head)"
+    )
     p.add_argument("--tls-ca-file", help="Dask TLS: the CA that signed the scheduler's and this box's certificates")
     p.add_argument("--tls-cert", help="Dask TLS: this box's certificate")
     p.add_argument("--tls-key", help="Dask TLS: this box's private key")
     return p
+
+
+def int_in(low: int, high: int):
+    """An argparse type: a whole number from low to high, or argparse's one-line error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+
+    return parse
 
 
 def settings_from(args: argparse.Namespace) -> dict[str, Any]:

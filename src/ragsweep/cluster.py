@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import get_backend
+from .backends import BACKENDS, get_backend
 from .backends.base import Backend, LoadedInfo, LoadedModel, ModelInfo
 from .errors import BackendUnavailableError, ConfigError, ModelCallError
 from .events import Event
@@ -38,6 +38,7 @@ class ClusterBackend(Backend):
 
     def __init__(self, address: str, settings, device: str):
         self.address, self.settings, self.device = address, settings, device
+        self.serves_concurrently = BACKENDS[settings.backend].serves_concurrently  # the boxes run the head's backend by default
         self.client = None
         self.boxes: dict[str, dict[str, Any]] = {}  # box name -> its slots, NVML total, versions
         self.failures: dict[str, str] = {}  # model -> why no box could run it
@@ -219,7 +220,8 @@ def fill_answers(ctx: RunContext, llms: list[ModelInfo], retrievers: list[str], 
                 "kind": "answer",
                 "info": asdict(llm),
                 "prompts": {k: asdict(p) for k, p in prompts.items()},
-                "options": asdict(ctx.generation_options),
+                "options": asdict(ctx.generation_options(llm.name)),
+                "generation_concurrency": ctx.settings.generation_concurrency,
             }
     _run_jobs(ctx, "generate", jobs)
 

@@ -22,8 +22,9 @@ import numpy as np
 from .backends import BACKENDS, get_backend
 from .backends.base import GenerationOptions, ModelInfo, Prompt
 from .config import Settings, scheduler_address
-from .errors import BackendUnavailableError, ConfigError, ModelCallError, ModelUnavailableError, RagsweepError
+from .errors import BackendUnavailableError, ConfigError, ModelCallError, RagsweepError
 from .events import Event
+from .inflight import answer_concurrently, in_flight_limit
 from .lifecycle import resident_model
 from .memory import MemorySnapshot
 from .platform import Budget, get_platform_config
@@ -196,22 +197,18 @@ def _embed(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> i
 def _answer(job, backend, log, info: ModelInfo, queue, stop, have: set[str]) -> int:
     prompts = {key: Prompt(**prompt) for key, prompt in job["prompts"].items() if key not in have}
     options = GenerationOptions(**{**job["options"], "stop": tuple(job["options"]["stop"])})
+    limit = in_flight_limit(backend, job.get("generation_concurrency"))
     with resident_model(backend, info, job["stage"], log, options) as resident:
-        for key, prompt in prompts.items():
-            if stop.is_set():  # the head was interrupted: leave the stage, which unloads the model
-                break
-            try:
-                result = resident.call("generate", prompt)
-            except ModelUnavailableError:
-                raise
-            except ModelCallError as error:
-                queue.put(("failed", info.name, key, error.cause, str(error)))
+        call = lambda prompt: resident.call("generate", prompt)  # noqa: E731
+        for key, outcome in answer_concurrently(call, prompts, limit, should_stop=stop.is_set):  # stop: the head was interrupted
+            if isinstance(outcome, ModelCallError):
+                queue.put(("failed", info.name, key, outcome.cause, str(outcome)))
                 continue
             answer = {
-                "text": result.text,
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "seconds": result.seconds,
+                "text": outcome.text,
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
+                "seconds": outcome.seconds,
             }
-            queue.put(("answer", info.name, key, info.digest, answer, resident.degraded))
+            queue.put(("answer", info.name, key, info.digest, answer, resident.degraded or outcome.prompt_cut))  # neither is cached
     return len(prompts)

@@ -48,47 +48,64 @@ def scheduler_address(value: str) -> str:
     address = value if "://" in value else f"tcp://{value}"
     scheme, rest = address.split("://", 1)
     host, _, port = rest.rpartition(":")
+    if "@" in rest:  # Dask has no user or password in an address; the part before '@' is never echoed
+        raise ValueError(
+            "not a Dask scheduler address: Dask addresses hold no user or password — use tcp://HOST:8786, or TLS (tls://) to authenticate"
+        )
     if scheme not in ("tcp", "tls") or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("not a Dask scheduler address: use tcp://HOST:8786, or tls://HOST:8786 with TLS")
     return address
 
 
+HOUR, WEEK = 3600, 7 * 24 * 3600  # the ceilings of durations: past them a timer overflows, and no night is that long
+FLAGS = {"request_timeout_s": "--request-timeout"}  # settings whose flag is not --NAME-WITH-DASHES
+
+
 class Settings(BaseModel):
     """The resolved run configuration, saved in run.json beside every result."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf or nan in a timeout overflowed deep in a library
 
     backend: str = "local"  # a name in ragsweep.backends.BACKENDS
     llms: list[str] = Field(default_factory=lambda: ["smollm2-135m", "gemma3-270m"], min_length=1)
     embeddings: list[str] = Field(default_factory=lambda: ["all-minilm-l6-v2", "bm25"], min_length=1)
     corpus: Path = REPO_ROOT / "data" / "demo" / "corpus.jsonl"
     testset: Path = REPO_ROOT / "data" / "demo" / "testset.jsonl"
-    limit: int | None = Field(default=None, ge=1)  # questions used; None = all
+    limit: int | None = Field(default=None, ge=1, le=2**31 - 1)  # questions used; None = all
     top_k: int = Field(default=3, ge=1, le=100)  # passages retrieved per question
-    chunk_size: int = Field(default=400, ge=16)  # words per chunk; the demo passages (<= 327) fit whole
+    chunk_size: int = Field(default=400, ge=16, le=10**6)  # words per chunk; the demo passages (<= 327) fit whole
     chunk_overlap: int = Field(default=50, ge=0)  # words shared by neighbouring chunks
     max_tokens: int = Field(default=48, ge=1, le=MAX_TOKENS)  # answer cap: answers are short spans; small models ramble
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)  # 0 = deterministic, comparable answers
-    num_ctx: int = Field(default=4096, ge=256, le=MAX_TOKENS)  # context window; 3 passages of 400 words fit
+    # each LLM's context window in tokens; None: sized per LLM to fit the longest prompt + max_tokens where the server knows
+    # the model's own context length (Ollama), else 4096 (3 passages of 400 words fit)
+    num_ctx: int | None = Field(default=None, ge=256, le=MAX_TOKENS)
+    # generation requests in flight per LLM: None = found by measurement (up to 16) on a server that answers several at once
+    # (Ollama with OLLAMA_NUM_PARALLEL > 1); N = exactly N. The local backend answers one at a time.
+    generation_concurrency: int | None = Field(default=None, ge=1, le=512)  # 512: Ollama's queue (OLLAMA_MAX_QUEUE)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)  # llama.cpp takes a uint32 and reads -1 as "random"; Ollama a Go int
-    embed_batch_size: int | None = Field(default=None, ge=1)  # None = platform default
-    pressure_threshold_gb: float | None = Field(default=None, gt=0)  # None = platform default (10 of 12 GB on a card)
-    baseline_target_gb: float | None = Field(default=None, gt=0)  # None = platform default (2 GB on a 12 GB card)
-    memory_sample_s: float = Field(default=1.0, gt=0)  # while a model is resident, read memory this often (peaks between snapshots)
-    unload_timeout_s: float | None = Field(default=None, gt=0)  # None = 30 s: wait this long for memory to come back
+    embed_batch_size: int | None = Field(default=None, ge=1, le=2**16)  # None = platform default
+    pressure_threshold_gb: float | None = Field(default=None, gt=0, le=1e6)  # None = platform default (10 of 12 GB on a card)
+    baseline_target_gb: float | None = Field(default=None, gt=0, le=1e6)  # None = platform default (2 GB on a 12 GB card)
+    memory_sample_s: float = Field(
+        default=1.0, gt=0, le=HOUR
+    )  # while a model is resident, read memory this often (peaks between snapshots)
+    unload_timeout_s: float | None = Field(default=None, gt=0, le=HOUR)  # None = 30 s: wait this long for memory to come back
     # watchdog per model call; None = 120 s + 2 s per max_tokens (a first call may load the model)
-    request_timeout_s: float | None = Field(default=None, gt=0)
+    request_timeout_s: float | None = Field(default=None, gt=0, le=WEEK)
     # a backend that stops answering mid-run is retried this long, then the run stops (exit 3, resumable)
-    backend_retry_s: float = Field(default=120.0, ge=0)
+    backend_retry_s: float = Field(default=120.0, ge=0, le=WEEK)
     # failed samples before the run stops: a whole count (>= 1) or a share of all samples (between 0 and 1)
-    max_failures: float | None = Field(default=None, gt=0)
+    max_failures: float | None = Field(default=None, gt=0, le=2**31)
     judge: str | None = None  # "none", a LiteLLM model name, or None: gpt-4o-mini when OPENAI_API_KEY is set, else none
     judge_base_url: str | None = None  # OpenAI-compatible server for openai/NAME judges; Ollama host for ollama_chat/NAME
     judge_embeddings: str | None = None  # for answer_relevancy; default text-embedding-3-small, or the first Ollama embedding model
-    judge_concurrency: int | None = Field(default=None, ge=1)  # judge calls in flight; None = platform default (2 on a CUDA card, else 4)
-    judge_timeout_s: float = Field(default=120.0, gt=0)  # per judge call
-    judge_retries: int = Field(default=4, ge=0)  # per call, on 429 / 5xx / timeout / connection, with backoff
-    judge_parse_retries: int = Field(default=2, ge=0)  # re-asks when the judge's JSON does not parse
+    judge_concurrency: int | None = Field(
+        default=None, ge=1, le=1024
+    )  # judge calls in flight; None = platform default (2 on a CUDA card, else 4)
+    judge_timeout_s: float = Field(default=120.0, gt=0, le=WEEK)  # per judge call
+    judge_retries: int = Field(default=4, ge=0, le=100)  # per call, on 429 / 5xx / timeout / connection, with backoff
+    judge_parse_retries: int = Field(default=2, ge=0, le=100)  # re-asks when the judge's JSON does not parse
     judge_max_tokens: int = Field(default=2048, ge=256, le=MAX_TOKENS)  # small judges stop mid-JSON below 2048
     judge_num_ctx: int = Field(default=8192, ge=2048, le=MAX_TOKENS)  # an Ollama judge's context: its prompts are long
     judge_metric_timeout_s: dict[str, float] = Field(
@@ -98,13 +115,15 @@ class Settings(BaseModel):
         default_factory=dict
     )  # per metric re-asks on unparseable JSON, e.g. {context_recall: 4}
     judge_repeats: int = Field(default=1, ge=1, le=20)  # judge each cell N times, independently: the judge's noise goes into the intervals
-    max_judge_cost: float | None = Field(default=None, gt=0)  # USD: stop judging cleanly when reached
+    max_judge_cost: float | None = Field(default=None, gt=0, le=1e9)  # USD: stop judging cleanly when reached
     baseline: str | None = None  # an earlier run id: report.html adds per-metric deltas against it
     trust_remote_code: bool = False  # load custom modules a sentence-transformers folder names in modules.json (only folders you trust)
     fresh: bool = False  # ignore the caches (recompute everything; results are still cached for next time)
     results_dir: Path = REPO_ROOT / "results"
     cluster: str | None = None  # a Dask scheduler (tcp://HEAD:8786 or tls://…): model stages run on its GPU boxes; None = here
-    cluster_wait_s: float = Field(default=60.0, gt=0)  # how long to wait for a box with a free gpu slot (at start, or after losing all)
+    cluster_wait_s: float = Field(
+        default=60.0, gt=0, le=WEEK
+    )  # how long to wait for a box with a free gpu slot (at start, or after losing all)
     cluster_tls_ca_file: Path | None = None  # Dask TLS for boxes that cannot tunnel: the CA, this head's certificate and key
     cluster_tls_cert: Path | None = None
     cluster_tls_key: Path | None = None
@@ -154,10 +173,14 @@ class Settings(BaseModel):
 
     @field_validator("judge_metric_timeout_s", "judge_metric_parse_retries")
     @classmethod
-    def _known_metrics(cls, value: dict) -> dict:
+    def _known_metrics(cls, value: dict, info: ValidationInfo) -> dict:
         unknown = sorted(set(value) - set(JUDGE_METRICS))
         if unknown:
             raise ValueError(f"unknown metric {shown(unknown[0])} (known: {', '.join(JUDGE_METRICS)})")
+        low, high = (0, 100) if info.field_name == "judge_metric_parse_retries" else (1e-3, WEEK)  # re-asks, or seconds
+        out = next((metric for metric, number in value.items() if not low <= number <= high), None)
+        if out is not None:
+            raise ValueError(f"{out}: {shown(value[out])} is not between {low:g} and {high:g}")
         return value
 
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -217,7 +240,7 @@ def load_settings(config_path: Path | None, cli: dict[str, Any], environ: dict[s
     for key, value in cli.items():
         if value is not None:
             values[key] = _coerce(key, value, Path.cwd())
-            origins[key] = f"--{key.replace('_', '-')}"
+            origins[key] = FLAGS.get(key, f"--{key.replace('_', '-')}")
 
     try:
         settings = Settings.model_validate(values)
@@ -237,7 +260,16 @@ def _read_yaml(path: Path) -> dict[str, tuple[Any, int]]:
     """Top-level mapping of the config file, each value with its line number."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path} — pass --config with an existing YAML file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"config file {path}: cannot read it ({error.strerror or error}) — check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {column}) — save it as UTF-8") from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)

@@ -56,6 +56,9 @@ class MemoryNotReleasedError(RagsweepError):
     exit_code = EXIT_FAILURES
 
 
+CONTEXT_OVERFLOW = "context overflow"  # a prompt longer than the model's context: refused, never cut, and not retried
+
+
 class ModelCallError(RagsweepError):
     """One call into a loaded model failed; recorded as data, never fatal to the sweep."""
 

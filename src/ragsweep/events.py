@@ -38,12 +38,17 @@ class Event(StrEnum):
     STAGE_MOVED = "stage_moved"
     BOX_LOST = "box_lost"
     BOX_REFUSED = "box_refused"
+    THROUGHPUT = "throughput"
+    JUDGE_CONCURRENCY = "judge_concurrency"
 
 
 # What each event means, and the fields it adds to the common ones.
 FIELDS: dict[Event, tuple[str, str]] = {
-    Event.STAGE_START: ("a stage began for one model (or the judge)", ""),
-    Event.STAGE_END: ("a stage ended for one model", "questions | answers, generated | cells, calls, cost_usd"),
+    Event.STAGE_START: ("a stage began for one model (or the judge)", "overlapped (judge: it runs while the LLMs answer)"),
+    Event.STAGE_END: (
+        "a stage ended for one model",
+        "questions | answers, generated | cells, calls, cost_usd, peak_in_flight, throttled, first_call_t (judge)",
+    ),
     Event.MODEL_LOAD: (
         "a model is resident",
         "load_s, digest; reason (a reload); recovered_by with num_ctx, num_gpu (LLM) or half_precision, on_cpu (embedding)",
@@ -80,6 +85,14 @@ FIELDS: dict[Event, tuple[str, str]] = {
     Event.BOX_REFUSED: (
         "a box that joined after the plan has other sources or libraries than the head: its task goes back to the checked boxes",
         "message (the package and both versions)",
+    ),
+    Event.THROUGHPUT: (
+        "an LLM's generation ended: the requests in flight found (or fixed) and what they bought",
+        "in_flight, probed, speedup (answers/s against one stream), answers, wall_s, answers_per_s, tokens_per_s",
+    ),
+    Event.JUDGE_CONCURRENCY: (
+        "the judge's calls in flight were cut: a rate limit (429) or a timeout halves them, as does memory pressure",
+        "concurrency, new_concurrency, cause",
     ),
 }
 

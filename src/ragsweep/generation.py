@@ -9,14 +9,17 @@ a failed answer is a row with its cause, never the end of the sweep.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 
-from .backends.base import ModelInfo, Prompt
-from .errors import ModelCallError, ModelUnavailableError
+from .backends.base import Generation, ModelInfo, Prompt
+from .errors import ModelCallError
 from .events import Event
-from .interrupts import raise_if_signalled
+from .fmt import gb
+from .inflight import Found, InFlightLimit, answer_concurrently, in_flight_limit
 from .lifecycle import Resident, resident_model
 from .metrics import exact_match, token_f1
+from .nvml import device_used_bytes
 from .progress import bar
 from .prompt import build_prompt
 from .run import RunContext
@@ -35,7 +38,7 @@ class PendingAnswer:
 
 def generate(ctx: RunContext, llm: ModelInfo, retrievers: list[str], questions: list[Question]) -> None:
     ctx.log.event(Event.STAGE_START, STAGE, llm.name)
-    options = ctx.generation_options
+    options = ctx.generation_options(llm.name)
     pending = pending_answers(ctx, llm, retrievers, questions, store_cached=True)
     generated = len(pending)
     _take_prefilled(ctx, llm, pending)
@@ -57,7 +60,7 @@ def pending_answers(
 
     With `store_cached`, the samples whose answer is cached are stored as they are found.
     """
-    options = ctx.generation_options
+    options = ctx.generation_options(llm.name)
     pending: dict[str, PendingAnswer] = {}
     for retriever in retrievers:
         contexts = ctx.store.retrievals(ctx.run_id, retriever)
@@ -85,28 +88,75 @@ def _take_prefilled(ctx: RunContext, llm: ModelInfo, pending: dict[str, PendingA
 
 def _answer_all(ctx: RunContext, resident: Resident, pending: dict[str, PendingAnswer]) -> None:
     llm = resident.info
+    limit = in_flight_limit(ctx.backend, ctx.settings.generation_concurrency)
+    started, answered, tokens = time.monotonic(), 0, 0
     with bar(f"answer {llm.name}", len(pending), ctx.quiet) as progress:
-        for key, work in pending.items():
-            raise_if_signalled()
-            try:
-                result = resident.call("generate", work.prompt)
-            except ModelUnavailableError:
-                raise  # the model cannot come back: the rest of its work fails (handled by the caller)
-            except ModelCallError as error:
-                _fail(ctx, llm, work.samples, error)
+        prompts = {key: work.prompt for key, work in pending.items()}
+        for key, outcome in answer_concurrently(lambda prompt: resident.call("generate", prompt), prompts, limit):
+            samples = pending[key].samples
+            if isinstance(outcome, ModelCallError):
+                _fail(ctx, llm, samples, outcome)
             else:
-                ctx.model_call_s += result.seconds
-                if not resident.degraded:  # an answer made with less context is not what the config asked for: not cached
-                    ctx.store.put_answer_cache(key, llm.digest, result.text, result.prompt_tokens, result.completion_tokens, result.seconds)
-                answer = {
-                    "text": result.text,
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                    "seconds": result.seconds,
-                }
-                for retriever, question in work.samples:
-                    _store_answer(ctx, retriever, llm, question, answer, cached_hit=False)
+                answered, tokens = answered + 1, tokens + (outcome.completion_tokens or 0)
+                _store_generation(ctx, resident, key, samples, outcome)
             progress.advance()
+    _log_throughput(ctx, llm, limit, answered, tokens, time.monotonic() - started)
+
+
+def _store_generation(ctx: RunContext, resident: Resident, key: str, samples: list[tuple[str, Question]], result: Generation) -> None:
+    llm = resident.info
+    ctx.model_call_s += result.seconds
+    # an answer made with less context than configured, or from a prompt that was probably cut, is not cached
+    if not resident.degraded and not result.prompt_cut:
+        ctx.store.put_answer_cache(key, llm.digest, result.text, result.prompt_tokens, result.completion_tokens, result.seconds)
+    answer = {
+        "text": result.text,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "seconds": result.seconds,
+        "queued_s": result.queued_s,
+        "prompt_cut": result.prompt_cut,
+    }
+    for retriever, question in samples:
+        _store_answer(ctx, retriever, llm, question, answer, cached_hit=False)
+
+
+def _log_throughput(ctx: RunContext, llm: ModelInfo, limit: InFlightLimit, answered: int, tokens: int, wall_s: float) -> None:
+    """What the requests in flight bought: the report's "4 requests in flight, 2.7x one stream" and aggregate rates."""
+    found = limit.found()
+    ctx.log.event(
+        Event.THROUGHPUT,
+        STAGE,
+        llm.name,
+        in_flight=found.in_flight,
+        probed=found.probed,
+        speedup=None if found.speedup is None else round(found.speedup, 2),
+        answers=answered,
+        wall_s=round(wall_s, 3),
+        answers_per_s=round(answered / wall_s, 3) if wall_s > 0 else None,
+        tokens_per_s=round(tokens / wall_s, 2) if wall_s > 0 else None,
+        advice=more_slots_advice(
+            llm, found, ctx.generation_options(llm.name).num_ctx, ctx.platform.memory_total_bytes, device_used_bytes()
+        ),
+    )
+
+
+def more_slots_advice(llm: ModelInfo, found: Found, num_ctx: int, card_bytes: int, used_bytes: int | None) -> str | None:
+    """When a probed server answered one request at a time: how to give it more slots, and whether their KV cache fits."""
+    per_token = llm.details.get("kv_bytes_per_token")
+    if not found.probed or found.in_flight > 1 or not per_token:
+        return None
+    extra = {slots: per_token * num_ctx * (slots - 1) for slots in (4, 2)}  # each slot beyond the first holds its own KV cache
+    if used_bytes is None:  # no device figures: say the cost, not the fit
+        return f"set OLLAMA_NUM_PARALLEL=4 on the server; KV cache for 4 × {num_ctx} tokens adds about {gb(extra[4])} GB"
+    free = card_bytes - used_bytes
+    for slots, more in extra.items():
+        if more < free:
+            return (
+                f"set OLLAMA_NUM_PARALLEL={slots} on the server; KV cache for {slots} × {num_ctx} tokens adds about "
+                f"{gb(more)} GB, which fits ({gb(free)} GB free)"
+            )
+    return f"the server answers one request at a time, and a second slot's KV cache ({gb(extra[2])} GB) would not fit in {gb(free)} GB free"
 
 
 def _fail(ctx: RunContext, llm: ModelInfo, samples: list[tuple[str, Question]], error: ModelCallError) -> None:
@@ -145,5 +195,7 @@ def _store_answer(ctx: RunContext, retriever: str, llm: ModelInfo, question: Que
             "exact_match": exact_match(answer["text"], question.reference),
             "token_f1": token_f1(answer["text"], question.reference),
             "cached": int(cached_hit),
+            "queued_s": answer.get("queued_s"),
+            "prompt_cut": int(answer.get("prompt_cut") or 0),
         },
     )

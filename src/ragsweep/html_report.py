@@ -271,7 +271,7 @@ def _comparison(report: RunReport, baseline: RunReport) -> str:
         old = before.get((row["embedding_model"], row["llm"]))
         rows.append([row["embedding_model"], row["llm"]] + [_delta(row[m], old[m] if old else None) for m in metrics])
     changes = _changed_samples(report, baseline)
-    table = _table(["embedding_model", "llm", *[f"Δ {m}" for m in metrics]], rows, raw=True)
+    table = _table(["embedding_model", "llm", *[f"Δ {m}" for m in metrics]], rows)
     changed = (
         _table(["embedding_model", "llm", "question", f"answer in {baseline.run_id}", "answer now", "Δ token_f1"], changes)
         if changes
@@ -335,12 +335,13 @@ def _list(items: list[str]) -> str:
     return "<ul>" + "".join(f"<li>{escape(item)}</li>" for item in items) + "</ul>" if items else "<p>none</p>"
 
 
-def _table(headers: list[str], rows: list[list], raw: bool = False, sortable: bool = True) -> str:
+class Html(str):
+    """A fragment ragsweep made itself: a table cell shows it as HTML. Every other value, a model name included, is escaped."""
+
+
+def _table(headers: list[str], rows: list[list], sortable: bool = True) -> str:
     head = "".join(f'<th class="text">{escape(h)}</th>' for h in headers)
-    body = "".join(
-        "<tr>" + "".join((f"<td>{v}</td>" if raw and isinstance(v, str) and v.startswith("<span") else _cell(v, "")) for v in row) + "</tr>"
-        for row in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{v}</td>" if isinstance(v, Html) else _cell(v, "") for v in row) + "</tr>" for row in rows)
     return f'<table class="{"sortable" if sortable else ""}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -354,11 +355,11 @@ def _cell(value: Any, column: str) -> str:
     return f'<td class="text">{escape(str(value))}</td>'
 
 
-def _delta(now: Any, before: Any) -> str:
+def _delta(now: Any, before: Any) -> Html:
     if now is None or before is None or is_nan(now) or is_nan(before):
-        return '<span class="muted">-</span>'
+        return Html('<span class="muted">-</span>')
     change = now - before
-    return f'<span class="{"up" if change > 0 else "down" if change < 0 else "muted"}">{change:+.3f}</span>'
+    return Html(f'<span class="{"up" if change > 0 else "down" if change < 0 else "muted"}">{change:+.3f}</span>')
 
 
 def _mean(values: list[Any]) -> float:

@@ -14,7 +14,10 @@ import hashlib
 import json
 import math
 import os
-from contextlib import nullcontext
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import httpx
@@ -68,7 +71,7 @@ def resolve_judge(settings: Settings, default_concurrency: int, environ: dict[st
         model=model,
         embeddings=settings.judge_embeddings or _default_embeddings(model, settings),
         base_url=base_url,
-        concurrency=settings.judge_concurrency or default_concurrency,
+        **_judge_concurrency(model, settings.judge_concurrency, default_concurrency),
         timeout_s=settings.judge_timeout_s,
         retries=settings.judge_retries,
         parse_retries=settings.judge_parse_retries,
@@ -78,6 +81,18 @@ def resolve_judge(settings: Settings, default_concurrency: int, environ: dict[st
         metric_parse_retries=settings.judge_metric_parse_retries,
         repeats=settings.judge_repeats,
     )
+
+
+CLOUD_START, CLOUD_CEILING = 8, 64  # calls in flight for a judge whose memory is not ours: rate limits (429) find the rest
+
+
+def _judge_concurrency(model: str, setting: int | None, local_default: int) -> dict[str, int]:
+    """An Ollama judge shares this box's memory: the platform's small cap (2 on a card), fixed. Any other judge (a cloud
+    API, a server at a URL) starts at 8 and adapts up to 64; --judge-concurrency is the ceiling either way."""
+    if model.startswith("ollama"):
+        return {"concurrency": setting or local_default}
+    ceiling = setting or CLOUD_CEILING
+    return {"concurrency": ceiling, "start_concurrency": min(CLOUD_START, ceiling)}
 
 
 def require_same_judge(run_id: str, stored_plan: dict, spec: JudgeSpec) -> None:
@@ -143,11 +158,15 @@ def cells_for(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> li
 
     The closed-book baseline has no passages: only answer_relevancy applies to it.
     """
-    failed = {
-        (j["embedding_model"], j["llm"], j["question_id"], j["metric"], j["repeat"])
-        for j in ctx.store.judgements(ctx.run_id)
-        if j["value"] is None
-    }
+    failed = (
+        {
+            (j["embedding_model"], j["llm"], j["question_id"], j["metric"], j["repeat"])
+            for j in ctx.store.judgements(ctx.run_id)
+            if j["value"] is None
+        }
+        if only_failed
+        else set()  # the judge's thread asks every half second while the LLMs answer: read only what it needs
+    )
     contexts: dict[str, dict] = {}
     cells = []
     for sample in ctx.store.samples(ctx.run_id):
@@ -190,71 +209,206 @@ _FIELDS = {
 }
 
 
+POLL_S = 0.5  # how often a judge that runs beside generation looks for new answers
+
+
+@contextmanager
+def judging_beside(ctx: RunContext, spec: JudgeSpec | None) -> Iterator[Judging | None]:
+    """A judge whose memory ragsweep does not manage judges while the block generates; an Ollama judge waits (None)."""
+    if spec is None or spec.memory_managed:
+        yield None
+        return
+    judging = Judging(ctx, spec).start()
+    try:
+        yield judging
+    except BaseException:
+        judging.stop()  # the run is ending: no new judge calls
+        raise
+
+
 def judge(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> Usage:
-    """Judge every cell not cached; returns the usage of the calls made."""
-    ctx.log.event(Event.STAGE_START, STAGE, spec.model)
-    todo: dict[str, list[Cell]] = {}  # cache key -> the cells sharing it (context_precision/recall do not depend on the LLM)
-    for cell in cells_for(ctx, spec, only_failed):
-        cached = None if ctx.settings.fresh else ctx.store.cached_judgement(cell.key)
-        if cached:
-            _record(ctx, cell, cached["value"], None, None, cached, cached_hit=True)
-        else:
-            todo.setdefault(cell.key, []).append(cell)
-    usage = Usage()
-    if todo:
+    """Judge every cell not cached, all at once (after generation: an Ollama judge alone in memory, or --retry-failed)."""
+    judging = Judging(ctx, spec, only_failed)
+    if judging.todo_now():
         with _resident_judge(ctx, spec):
-            asyncio.run(_judge_all(ctx, JudgeClient(spec, cost_cap_usd=ctx.settings.max_judge_cost), spec, todo, usage))
+            judging.start(answers_done=True)
+            judging.finish()
     else:
-        ctx.log.event(Event.MODEL_SKIPPED, STAGE, spec.model, reason="all judgements cached")
-    ctx.log.event(Event.STAGE_END, STAGE, spec.model, cells=len(todo), calls=usage.calls, cost_usd=usage.cost_usd)
-    return usage
+        judging.finish()
+    return judging.usage
 
 
-async def _judge_all(ctx: RunContext, client: JudgeClient, spec: JudgeSpec, todo: dict[str, list[Cell]], usage: Usage) -> None:
-    metrics = client.metrics()
-    queue: asyncio.Queue[list[Cell]] = asyncio.Queue()
-    for cells in todo.values():
-        queue.put_nowait(cells)
-    unjudged: list[Cell] = []  # left when the cost cap was reached
+class Judging:
+    """The judge stage on a thread of its own: cells are taken from the store as their answers appear, and judged with the
+    adaptive number of calls in flight. Started before generation, a judge whose memory ragsweep does not manage (a cloud
+    API, a server at a URL) judges while the LLMs answer; `finish` waits for the tail after the last answer."""
 
-    async def worker(progress) -> None:
-        while True:
-            raise_if_signalled()
-            try:
-                cells = queue.get_nowait()  # taken before any await: no other worker can empty the queue in between
-            except asyncio.QueueEmpty:
-                return
-            if client.over_cap():
-                unjudged.extend(cells)
+    def __init__(
+        self,
+        ctx: RunContext,
+        spec: JudgeSpec,
+        only_failed: bool = False,
+        client: JudgeClient | None = None,
+        source: Callable[[], list[Cell]] | None = None,
+    ):
+        self.ctx, self.spec = ctx, spec
+        self.source = source or (lambda: cells_for(ctx, spec, only_failed))  # every cell the run has now
+        self.usage = Usage()
+        self.client = client or JudgeClient(spec, cost_cap_usd=ctx.settings.max_judge_cost)
+        self.client.gate.on_change = self._concurrency_changed
+        self.cells = 0  # cells judged by calls (not from the cache)
+        self.first_call_t: float | None = None
+        self._seen: set[tuple] = set()  # cells recorded or queued
+        self._pending: dict[str, list[Cell]] = {}  # key -> cells waiting for that key's score (twins join while it is judged)
+        self._queue: list[str] = []  # keys found, not yet handed to the loop
+        self._answers_done = threading.Event()  # no answer will be added any more: the last look, then the end
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._unjudged: list[Cell] = []  # left when the cost cap was reached
+
+    def todo_now(self) -> bool:
+        """Look at the store now: True when some cell needs a judge call (cached cells are recorded on the way)."""
+        self._look()
+        return bool(self._queue)
+
+    def start(self, answers_done: bool = False) -> Judging:
+        self.ctx.log.event(Event.STAGE_START, STAGE, self.spec.model, overlapped=not answers_done)
+        if answers_done:
+            self._answers_done.set()
+        self._thread = threading.Thread(target=self._run, name="ragsweep-judge", daemon=True)
+        self._thread.start()
+        return self
+
+    def finish(self) -> None:
+        """Every answer is in: judge what is left, wait for it (a signal still stops the wait), then log the stage's end."""
+        self._answers_done.set()
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                raise_if_signalled()
+                self._thread.join(timeout=0.2)
+        except BaseException:
+            self.stop()  # a signal: the judge's thread records nothing more while the run writes its exports
+            raise
+        if self._error is not None:
+            raise self._error
+        if self._thread is None:
+            self.ctx.log.event(Event.STAGE_START, STAGE, self.spec.model, overlapped=False)
+            self.ctx.log.event(Event.MODEL_SKIPPED, STAGE, self.spec.model, reason="all judgements cached")
+        if self._unjudged:
+            cap = f"${self.usage.cost_usd or 0.0:.4f}, the --max-judge-cost cap (${self.client.cost_cap_usd:.4f})"
+            self.ctx.note(f"judging stopped at {cap}: {len(self._unjudged)} judge cells not judged", STAGE)
+            self.ctx.log.event(Event.JUDGE_COST_CAP, STAGE, self.spec.model, cost_usd=self.usage.cost_usd, cells_left=len(self._unjudged))
+        gate = self.client.gate
+        self.ctx.log.event(
+            Event.STAGE_END,
+            STAGE,
+            self.spec.model,
+            cells=self.cells,
+            calls=self.usage.calls,
+            cost_usd=self.usage.cost_usd,
+            peak_in_flight=gate.peak,
+            throttled=gate.throttled,
+            first_call_t=self.first_call_t,
+        )
+
+    def stop(self) -> None:
+        """The run is ending early: calls in flight finish, nothing new starts."""
+        self._stop.set()
+        self._answers_done.set()
+
+    def _look(self) -> None:
+        """New cells from the store: cached ones recorded at once, twins joined to a key being judged, the rest queued."""
+        fresh = self.ctx.settings.fresh
+        for cell in self.source():
+            where = (cell.embedding_model, cell.llm, cell.question_id, cell.metric, cell.repeat)
+            if where in self._seen:
                 continue
-            await _relieve_pressure(ctx, client, spec)
-            if await _judge_cell(ctx, metrics, spec, cells, usage):
-                progress.advance(len(cells))
+            self._seen.add(where)
+            if cell.key in self._pending:
+                self._pending[cell.key].append(cell)
+                continue
+            cached = None if fresh else self.ctx.store.cached_judgement(cell.key)
+            if cached:
+                _record(self.ctx, cell, cached["value"], None, None, cached, cached_hit=True)
             else:
-                unjudged.extend(cells)
+                self._pending[cell.key] = [cell]
+                self._queue.append(cell.key)
 
-    with bar(f"judge {spec.model}", sum(len(cells) for cells in todo.values()), ctx.quiet) as progress:
-        # enough workers to keep the call cap busy (a metric makes up to 6 + k calls in sequence)
-        await asyncio.gather(*(worker(progress) for _ in range(max(1, spec.concurrency * 2))))
-    if unjudged:
-        cap = f"${usage.cost_usd or 0.0:.4f}, the --max-judge-cost cap (${client.cost_cap_usd:.4f})"
-        ctx.note(f"judging stopped at {cap}: {len(unjudged)} judge cells not judged", STAGE)
-        ctx.log.event(Event.JUDGE_COST_CAP, STAGE, spec.model, cost_usd=usage.cost_usd, cells_left=len(unjudged))
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._judge_all())
+        except BaseException as error:  # noqa: BLE001 (raised again in the run's thread by finish)
+            self._error = error
+
+    async def _judge_all(self) -> None:
+        metrics = self.client.metrics()
+        work: asyncio.Queue[str | None] = asyncio.Queue()
+        workers = max(1, self.spec.concurrency * 2)  # enough to keep the ceiling busy (a metric makes several calls in sequence)
+
+        async def feed() -> None:
+            while not self._stop.is_set():
+                last = self._answers_done.is_set()
+                self._look()
+                for key in self._queue:
+                    work.put_nowait(key)
+                self._queue.clear()
+                if last:
+                    break
+                await asyncio.sleep(POLL_S)
+            for _ in range(workers):
+                work.put_nowait(None)
+
+        async def worker() -> None:
+            while (key := await work.get()) is not None:
+                raise_if_signalled()
+                if self._stop.is_set():
+                    continue
+                cells = self._pending[key]
+                if self.client.over_cap():
+                    self._unjudged.extend(self._pending.pop(key))
+                    continue
+                await _relieve_pressure(self.ctx, self.client, self.spec)
+                self.first_call_t = self.first_call_t or time.time()
+                judged = await _judge_cell(self.ctx, metrics, self.spec, cells, self.usage, stopping=self._stop.is_set)
+                self._pending.pop(key)  # no await since the score was recorded: a twin found later reads the cache
+                if judged:
+                    self.cells += 1
+                    self.progress.advance(len(cells))
+                else:
+                    self._unjudged.extend(cells)
+
+        with bar(f"judge {self.spec.model}", len(self._queue), self.ctx.quiet or not self._answers_done.is_set()) as self.progress:
+            await asyncio.gather(feed(), *(worker() for _ in range(workers)))
+
+    def _concurrency_changed(self, before: int, after: int, cause: str) -> None:
+        self.ctx.log.event(Event.JUDGE_CONCURRENCY, STAGE, self.spec.model, concurrency=before, new_concurrency=after, cause=cause)
 
 
-async def _judge_cell(ctx: RunContext, metrics: dict, spec: JudgeSpec, cells: list[Cell], usage: Usage) -> bool:
-    """Score one cell (and its twins that share the key); False when the cost cap refused a call and the cell stays unjudged."""
+async def _judge_cell(
+    ctx: RunContext, metrics: dict, spec: JudgeSpec, cells: list[Cell], usage: Usage, stopping: Callable[[], bool] = lambda: False
+) -> bool:
+    """Score one cell (and its twins that share the key); False when the cost cap refused a call and the cell stays unjudged.
+
+    Once the run is `stopping` (it writes its exports now), the cell's outcome is not recorded, neither score nor failure.
+    """
     cell = cells[0]
     cell_usage = Usage()
     current_cell.set(cell_usage)  # this task's judge calls are counted here
     try:
         result = await asyncio.wait_for(metrics[cell.metric].ascore(**cell.inputs), timeout=_metric_timeout(spec, cell))
+        raise_if_signalled()
         value, cause, message = _value(result.value)
     except Exception as error:  # failures are data: NaN plus a recorded cause
+        if stopping():
+            raise_if_signalled()
+            return False
         if _caused_by(error, CostCapReached):
             usage.add(cell_usage)
             return False
         value, cause, message = None, classify(error), f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+    if stopping():
+        return False
     usage.add(cell_usage)
     for index, twin in enumerate(cells):  # the usage is paid once, by the first
         _record(ctx, twin, value, cause, message, cell_usage.as_dict() if index == 0 else {}, cached_hit=index > 0)

@@ -10,15 +10,20 @@ cost added to the metric cell that made the call. ragas and litellm are imported
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
+import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from .backends.ollama import normalize_host
 from .redact import redact
 
 TEMPERATURE, TOP_P = 0.01, 0.1  # ragas's deterministic defaults, part of the judge's identity
@@ -29,7 +34,7 @@ class JudgeSpec:
     model: str  # LiteLLM name: gpt-4o-mini, ollama_chat/NAME, openai/NAME
     embeddings: str  # LiteLLM embedding model for answer_relevancy
     base_url: str | None  # api_base for openai/ and ollama_chat/ judges
-    concurrency: int  # judge calls in flight, at most
+    concurrency: int  # judge calls in flight, at most (the adaptive limit's ceiling)
     timeout_s: float  # per call
     retries: int  # HTTP retries per call (429, 5xx, timeout, connection)
     parse_retries: int  # re-asks when the judge's JSON does not parse
@@ -38,6 +43,13 @@ class JudgeSpec:
     metric_timeout_s: dict[str, float] = field(default_factory=dict)  # per metric, over all its calls; else derived from timeout_s
     metric_parse_retries: dict[str, int] = field(default_factory=dict)  # per metric; else parse_retries
     repeats: int = 1  # independent judgements per cell (--judge-repeats): measures the judge's own noise; not part of the identity
+    start_concurrency: int | None = None  # where the adaptive limit starts; None: at the ceiling
+
+    @property
+    def memory_managed(self) -> bool:
+        """An Ollama judge is loaded and unloaded by ragsweep, alone in memory after generation. Any other judge (a cloud
+        API, a server at a URL) holds its memory whether it is asked or not: it judges while the LLMs answer."""
+        return self.model.startswith("ollama")
 
     @property
     def identity(self) -> str:
@@ -81,8 +93,11 @@ class CostCapReached(Exception):
     """--max-judge-cost: the next call would start at or above the cap, so it is not made."""
 
 
+@functools.cache
 def quiet_litellm():
-    """litellm, imported once and told not to print its 'Provider List' banners (they flood cron mail, --quiet or not)."""
+    """litellm, imported once and told not to print its 'Provider List' banners (they flood cron mail, --quiet or not).
+
+    Once: setLevel clears every logger's cache, which cost 0.5 ms of each judge call when it ran per call."""
     import litellm
 
     litellm.suppress_debug_info = True
@@ -101,46 +116,85 @@ def price_per_token(model: str) -> tuple[float, float] | None:
     return info["input_cost_per_token"], info.get("output_cost_per_token") or 0.0
 
 
+class AdaptiveGate:
+    """Calls in flight under a limit that adapts (AIMD, as TCP does): +1 after `limit` successful calls, halved on a 429
+    or a timeout (at most once per `limit` calls, so one burst of refusals halves once). `ceiling` is never passed."""
+
+    def __init__(self, start: int, ceiling: int):
+        self.ceiling = ceiling
+        self.limit = float(min(start, ceiling))
+        self.in_flight = self.peak = self.throttled = 0
+        self.on_change: Callable[[int, int, str], None] = lambda before, after, cause: None  # the stage logs each cut
+        self._calls_since_cut = 0
+        self._condition: asyncio.Condition | None = None
+
+    @property
+    def capacity(self) -> int:
+        return max(1, int(self.limit))
+
+    def _wakeup(self) -> asyncio.Condition:
+        if self._condition is None:  # created inside the running loop
+            self._condition = asyncio.Condition()
+        return self._condition
+
+    async def __aenter__(self) -> None:
+        async with self._wakeup():
+            await self._wakeup().wait_for(lambda: self.in_flight < self.capacity)
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+
+    async def __aexit__(self, *exc) -> None:
+        async with self._wakeup():
+            self.in_flight -= 1
+            self._wakeup().notify_all()
+
+    def succeeded(self) -> None:
+        self._calls_since_cut += 1
+        if self.limit < self.ceiling:
+            self.limit = min(self.ceiling, self.limit + 1 / self.capacity)
+
+    def refused(self, cause: str) -> None:
+        """A 429 or a timeout: the provider wants fewer calls at once."""
+        self.throttled += 1
+        if self._calls_since_cut >= self.capacity or self.capacity == 1:
+            self.cut(self.capacity // 2, cause)
+
+    def cut(self, target: int, cause: str) -> int:
+        """Lower the limit to `target` (at least 1); calls in flight finish, new ones wait until they are under it."""
+        before = self.capacity
+        self.limit, self._calls_since_cut = float(max(1, target)), 0
+        if self.capacity != before:
+            self.on_change(before, self.capacity, cause)
+        return self.capacity
+
+
 @dataclass
 class JudgeClient:
     spec: JudgeSpec
     cost_cap_usd: float | None = None  # --max-judge-cost: checked before every call
     spent_usd: float = 0.0  # what this stage's calls cost so far
-    capacity: int = 0  # current cap; memory pressure halves it
-    _semaphore: asyncio.Semaphore | None = field(default=None, repr=False)
-    _halving: bool = field(default=False, repr=False)
+    gate: AdaptiveGate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.capacity = self.spec.concurrency  # known before the first call: pressure at the very start halves it too
+        self.gate = AdaptiveGate(self.spec.start_concurrency or self.spec.concurrency, self.spec.concurrency)
+
+    @property
+    def capacity(self) -> int:
+        return self.gate.capacity
 
     def over_cap(self) -> bool:
         return self.cost_cap_usd is not None and self.spent_usd >= self.cost_cap_usd
 
-    def _gate(self) -> asyncio.Semaphore:
-        if self._semaphore is None:  # created inside the running loop
-            self._semaphore = asyncio.Semaphore(self.spec.concurrency)
-        return self._semaphore
-
     async def halve(self) -> int:
-        """Lower the cap for the rest of the stage by keeping half of the permits forever (one halving at a time)."""
-        gate = self._gate()
-        if self._halving:  # another worker is halving already: two would keep too many permits and starve every call
-            return self.capacity
-        self._halving = True
-        target = max(1, self.capacity // 2)
-        for _ in range(self.capacity - target):
-            await gate.acquire()  # waits for calls in flight to finish: a permit taken is a call slot gone
-        self.capacity, self._halving = target, False
-        return target
+        """Memory pressure beside a local judge: half the calls in flight for the rest of the stage."""
+        self.gate.ceiling = max(1, self.capacity // 2)
+        return self.gate.cut(self.gate.ceiling, "memory pressure")
 
     async def complete(self, **kwargs: Any) -> Any:
         """The `client` instructor calls: one bounded, retried, accounted litellm.acompletion."""
         response = await self._bounded(self._capped(quiet_litellm().acompletion), **kwargs)
         usage = getattr(response, "usage", None)
-        try:
-            cost = quiet_litellm().completion_cost(completion_response=response)
-        except Exception:  # unknown model price: cost stays unknown, not zero
-            cost = None
+        cost = _cost_of(response)
         self.spent_usd += cost or 0.0
         cell = current_cell.get(None)
         if cell is not None:
@@ -163,8 +217,15 @@ class JudgeClient:
         )
         async for attempt in retrying:
             with attempt:
-                async with self._gate():
-                    return await call(*args, **kwargs)
+                async with self.gate:
+                    try:
+                        result = await call(*args, **kwargs)
+                    except Exception as error:
+                        if classify(error) in {"rate_limit", "timeout"}:
+                            self.gate.refused(classify(error))
+                        raise
+                    self.gate.succeeded()
+                    return result
 
     def metrics(self) -> dict[str, Any]:
         """The four RAGAS metrics, each bound to this client (built once, called per sample)."""
@@ -173,7 +234,13 @@ class JudgeClient:
         from ragas.metrics.collections import AnswerRelevancy, ContextPrecision, ContextRecall, Faithfulness
 
         spec = self.spec
-        extra = {"api_base": spec.base_url} if spec.base_url else {}
+        extra: dict[str, Any] = {}
+        if spec.base_url:
+            # LiteLLM's async transports refuse credentials in the URL ("Connection error", or "Cannot combine
+            # AUTHORIZATION header with ... credentials encoded in URL"): they travel as a Basic header instead
+            extra["api_base"], headers = without_credentials(normalize_host(spec.base_url) if spec.memory_managed else spec.base_url)
+            if headers:
+                extra["extra_headers"] = headers
         if spec.base_url and spec.model.startswith("openai/"):
             extra["api_key"] = os.environ.get("OPENAI_API_KEY") or "not-needed"  # local OpenAI-compatible servers ignore it
         if spec.model.startswith("ollama"):
@@ -204,7 +271,7 @@ class JudgeClient:
             async def aembed_texts(self, texts: list[str], **kwargs: Any):
                 return await client._bounded(super().aembed_texts, texts, **kwargs)
 
-        embedding_extra = {k: v for k, v in extra.items() if k in {"api_base", "api_key"}}
+        embedding_extra = {k: v for k, v in extra.items() if k in {"api_base", "api_key", "extra_headers"}}
         embeddings = BoundedEmbeddings(model=spec.embeddings, timeout=int(spec.timeout_s), max_retries=0, **embedding_extra)
         return {
             "faithfulness": Faithfulness(llm=llm_for("faithfulness")),
@@ -212,6 +279,23 @@ class JudgeClient:
             "context_precision": ContextPrecision(llm=llm_for("context_precision")),
             "context_recall": ContextRecall(llm=llm_for("context_recall")),
         }
+
+
+def without_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """(the URL without its user and password, the Authorization header that carries them); no userinfo: (url, {})."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, {}
+    host = parts.netloc.rpartition("@")[2]
+    credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+    return urlunsplit(parts._replace(netloc=host)), {"Authorization": "Basic " + base64.b64encode(credentials).decode()}
+
+
+def _cost_of(response: Any) -> float | None:
+    """USD of one call, as LiteLLM priced it while logging the call (asking completion_cost again doubled ~3 ms a call);
+    None when it does not know the model's price: cost stays unknown, not zero."""
+    cost = (getattr(response, "_hidden_params", None) or {}).get("response_cost")
+    return float(cost) if isinstance(cost, (int, float)) else None
 
 
 def classify(error: BaseException) -> str:

@@ -7,6 +7,7 @@ model_load / model_unload / unload_verified sequence.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -49,6 +50,8 @@ class Resident:
         self._backend, self.info, self._stage, self._log = backend, info, stage, runlog
         self.options = options
         self.degraded = False  # loaded with less context or fewer GPU layers than configured
+        self._reloading = threading.Lock()  # calls run on several threads at once; one of them reloads
+        self._loads = 0  # bumped by each reload: a call that failed on a model another call already replaced just tries again
         self.model = self._load()
 
     def _load(self, start: str = "as configured", **reason) -> LoadedModel:
@@ -102,15 +105,19 @@ class Resident:
         """One model call; a crash or hang gets one reload and one more try, an LLM out of memory one reload with less context.
 
         An embedding model out of memory mid-call is left to the caller: a smaller batch is the cure, not a reload.
+        With requests in flight on several threads, the first failure reloads and the others just try again.
         """
+        loads = self._loads
         try:
             return getattr(self.model, method)(*args)
         except ModelCallError as error:
             out_of_memory = error.cause == "out_of_memory"
             if error.cause not in RECOVERABLE or (out_of_memory and not isinstance(self.options, GenerationOptions)):
                 raise
-            self._log.event(Event.RECOVERING, self._stage, self.info.name, cause=error.cause, message=str(error))
-            self.reload(start="num_ctx halved" if out_of_memory else "as configured")
+            with self._reloading:
+                if self._loads == loads:
+                    self._log.event(Event.RECOVERING, self._stage, self.info.name, cause=error.cause, message=str(error))
+                    self.reload(start="num_ctx halved" if out_of_memory else "as configured")
             return getattr(self.model, method)(*args)
 
     def reload(self, start: str = "as configured") -> None:
@@ -118,6 +125,7 @@ class Resident:
         self.close()
         clean_state(self._backend, self._log, self._stage, model=self.info.name)
         self.model = self._load(start, reason="reload after failure")
+        self._loads += 1
 
     def close(self) -> None:
         self.model.close()

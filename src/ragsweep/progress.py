@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .terminal import without_controls
+
 stderr = Console(stderr=True)
 
 
@@ -30,7 +32,7 @@ def bar(description: str, total: int, quiet: bool) -> Iterator[_Bar | _Silent]:
         yield _Silent()
         return
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # a model's name is text, never markup
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -38,4 +40,4 @@ def bar(description: str, total: int, quiet: bool) -> Iterator[_Bar | _Silent]:
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=stderr, transient=False) as progress:
-        yield _Bar(progress, progress.add_task(description, total=total))
+        yield _Bar(progress, progress.add_task(without_controls(description), total=total))

@@ -26,3 +26,11 @@ def build_prompt(question: str, contexts: list[str]) -> Prompt:
     # Base models (no chat template) continue text: the same content ending in "Answer:".
     completion = f"{instruction}\n\n{user}\nAnswer:"
     return Prompt(messages=messages, completion=completion)
+
+
+def longest_prompt_bytes(questions, chunks, documents, top_k: int) -> int:
+    """UTF-8 bytes of the longest prompt a run can build: its longest question over the top_k longest passages (chunks, and
+    whole reference documents where the oracle baseline hands them over)."""
+    texts = sorted((p.text for p in [*chunks, *documents]), key=lambda text: len(text.encode()), reverse=True)
+    question = max((q.question for q in questions), key=lambda text: len(text.encode()), default="")
+    return len(build_prompt(question, texts[:top_k]).completion.encode())

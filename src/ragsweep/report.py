@@ -19,6 +19,7 @@ from rich.table import Table
 
 from . import comparisons, stats
 from .comparisons import COMPARISON_COLUMNS
+from .errors import CONTEXT_OVERFLOW
 from .events import Event
 from .findings import MEAN_COLUMNS, RunReport, fault_lines, judge_usage, load_report, memory_findings
 from .fmt import gb, interval, is_nan, number, plus_minus
@@ -26,6 +27,7 @@ from .html_report import render_html
 from .metrics import JUDGE_METRICS
 from .redact import redact
 from .store import Store
+from .terminal import plain, without_controls
 
 if TYPE_CHECKING:
     from .run import RunContext
@@ -45,9 +47,11 @@ SAMPLE_COLUMNS = [
     "token_f1",
     *JUDGE_METRICS,
     "latency_s",
+    "queued_s",
     "prompt_tokens",
     "completion_tokens",
     "tokens_per_s",
+    "prompt_cut",
     "cached",
     "error",
     "cause",
@@ -113,6 +117,53 @@ def diagnosis_lines(report: RunReport) -> list[str]:
     return lines
 
 
+def throughput_lines(report: RunReport) -> list[str]:
+    """Per LLM: the requests in flight and what they bought; prompts that did not fit num_ctx, and answers whose prompt was cut."""
+    lines = ["## Throughput (generation)", ""]
+    rows = [
+        [
+            e["model"],
+            f"{e['in_flight']} ({'found by measurement' if e['probed'] else 'fixed'})",
+            "-" if e.get("speedup") is None else f"{e['speedup']:.1f}×",
+            number(e.get("answers_per_s"), 2),
+            number(e.get("tokens_per_s"), 1),
+        ]
+        for e in report.events
+        if e["event"] == Event.THROUGHPUT
+    ]
+    lines += _md_table(["LLM", "requests in flight", "vs one stream", "answers/s", "tokens/s (all streams)"], rows) if rows else []
+    lines += [f"\n- {_md(e['model'])}: {e['advice']}" for e in report.events if e["event"] == Event.THROUGHPUT and e.get("advice")]
+    num_ctx = (report.run.get("plan") or {}).get("num_ctx") or {}
+    overflow = Counter(row["llm"] for row in report.samples if row.get("cause") == CONTEXT_OVERFLOW)
+    lines += [
+        f"\n- {_md(llm)}: {n} prompts did not fit num_ctx {num_ctx.get(llm)}: raise num_ctx or lower top_k" for llm, n in overflow.items()
+    ]
+    cut = Counter(row["llm"] for row in report.samples if row.get("prompt_cut"))
+    lines += [
+        f"\n- {_md(llm)}: {n} answers came from a prompt that filled num_ctx {num_ctx.get(llm)}: the server probably cut it "
+        "(prompt_cut in samples.csv; servers before Ollama 0.12.6 cut silently) — raise num_ctx or lower top_k"
+        for llm, n in cut.items()
+    ]
+    lines += judge_overlap_lines(report)
+    return lines if len(lines) > 2 else lines + ["- no generation in this run"]
+
+
+def judge_overlap_lines(report: RunReport) -> list[str]:
+    """When the judge ran beside generation: how much of it did, and the tail it left after the last answer."""
+    started = [e for e in report.events if e["event"] == Event.STAGE_START and e["stage"] == "judge" and e.get("overlapped")]
+    ended = [e for e in report.events if e["event"] == Event.STAGE_END and e["stage"] == "judge"]
+    answers_done = [e["t"] for e in report.events if e["event"] == Event.STAGE_END and e["stage"] == "generate"]
+    if not (started and ended and answers_done and ended[-1].get("first_call_t")):
+        return []
+    last_answer, first_call, end = max(answers_done), ended[-1]["first_call_t"], ended[-1]["t"]
+    beside, tail = max(0.0, last_answer - first_call), max(0.0, end - last_answer)
+    return [
+        f"\n- judge: ran beside generation for {beside:.1f} s of its {end - first_call:.1f} s, and ended {tail:.1f} s after the "
+        f"last answer; at most {ended[-1].get('peak_in_flight')} calls in flight, {ended[-1].get('throttled', 0)} refused "
+        "(429 or timeout)"
+    ]
+
+
 def judge_noise_lines(report: RunReport) -> list[str]:
     """With --judge-repeats: per metric, the judge's within-cell SD and the share of the interval's variance it explains."""
     if report.judge_repeats < 2:
@@ -147,8 +198,8 @@ def judge_repeat_rows(report: RunReport) -> list[dict[str, Any]]:
 
 
 def _md(text: Any) -> str:
-    """User text in a Markdown table cell: a '|' would split the cell."""
-    return str(text).replace("|", "\\|")
+    """User text in Markdown: a '|' would split a table cell, and '<' would start HTML in every viewer that renders it."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
 def render_markdown(report: RunReport) -> str:
@@ -175,7 +226,7 @@ def render_markdown(report: RunReport) -> str:
             for row in report.summary
         ],
     )
-    lines += ["", *what_this_run_can_tell(report), "", *diagnosis_lines(report)]
+    lines += ["", *what_this_run_can_tell(report), "", *diagnosis_lines(report), "", *throughput_lines(report)]
     if report.judged:
         lines += [
             "",
@@ -235,9 +286,9 @@ def render_markdown(report: RunReport) -> str:
     lines += ["", f"### Model loads ({len(memory['loads'])})", ""]
     lines += _md_table(["stage", "model", "load s"], [[stage, model, number(seconds)] for stage, model, seconds in memory["loads"]])
     lines += ["", "## Faults and recoveries", ""]
-    lines += [f"- {line}" for line in fault_lines(report)] or ["- none"]
+    lines += [f"- {_md(line)}" for line in fault_lines(report)] or ["- none"]
     lines += ["", "## Skipped and failed", ""]
-    lines += [f"- {note}" for note in report.notes] or ["- nothing"]
+    lines += [f"- {_md(note)}" for note in report.notes] or ["- nothing"]
     return "\n".join(lines) + "\n"
 
 
@@ -254,7 +305,7 @@ def print_summary(summary: list[dict[str, Any]], console: Console) -> None:
     for header, short in headers.items():
         table.add_column(short, justify="left" if header in {"embedding_model", "llm"} else "right", no_wrap=True)
     for row in summary:
-        table.add_row(*[plus_minus(row, h) if f"{h}_ci_low" in row else number(row[h], 2) for h in headers])
+        table.add_row(*[plain(plus_minus(row, h) if f"{h}_ci_low" in row else number(row[h], 2)) for h in headers])
     console.print(table)
 
 
@@ -263,16 +314,16 @@ def print_outcome(run: RunContext, console: Console) -> None:
     if not console.quiet:
         print_summary(run.summary, console)
         for note in run.notes:
-            console.print(f"note: {note}")
+            console.print(f"note: {without_controls(note)}", markup=False, highlight=False)
         for event in run.store.events(run.run_id):
             if event["event"] == Event.MEMORY_NOT_RELEASED:
-                console.print(f"note: {event['model'] or 'clean-up'}: {event['message']}")
+                console.print(without_controls(f"note: {event['model'] or 'clean-up'}: {event['message']}"), markup=False, highlight=False)
         unjudged = sum(1 for j in run.store.judgements(run.run_id) if j["value"] is None)
         if unjudged:
             console.print(f"note: {unjudged} judge cells failed (NaN): see judge_errors.csv; retry them with --retry-failed")
     elif run.outcome.resumable and run.outcome.reason:  # cron's mail: why it stopped, above the closing line
-        print(f"ragsweep: {redact(run.outcome.reason)}", file=sys.stderr)
-    print(run.outcome.line(run.run_id, run.timings.get("wall_s", 0.0), run.run_dir))
+        print(f"ragsweep: {without_controls(redact(run.outcome.reason))}", file=sys.stderr)
+    print(without_controls(run.outcome.line(run.run_id, run.timings.get("wall_s", 0.0), run.run_dir)))
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so (OWASP: CSV injection)

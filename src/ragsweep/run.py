@@ -27,6 +27,7 @@ from .events import EVENTS_SCHEMA_VERSION, Event
 from .interrupts import raise_if_signalled, stop_on_signals
 from .lock import results_lock
 from .outcome import Interrupted, Outcome, Stop, decide_outcome, stop_from
+from .plan import DEFAULT_CTX
 from .platform import PlatformConfig
 from .redact import redact, redact_all
 from .report import write_exports
@@ -59,6 +60,7 @@ class RunContext:
     summary: list[dict[str, Any]] = field(default_factory=list)  # per combination, once the exports are written
     outcome: Outcome | None = None  # set when the run is closed
     reopened: dict[str, Any] | None = None  # the stored run a --retry-failed re-opened (its status before), else None
+    num_ctx: dict[str, int] = field(default_factory=dict)  # the plan's context window per LLM
     prefilled: dict[str, Any] = field(default_factory=dict)  # answer cache key -> an answer a cluster box made uncacheable, or its error
 
     def count_failures(self, n: int, budgeted: bool = True) -> None:
@@ -83,10 +85,11 @@ class RunContext:
         finally:
             self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
-    @property
-    def generation_options(self) -> GenerationOptions:
+    def generation_options(self, llm: str) -> GenerationOptions:
+        """What every request to `llm` sends; num_ctx is the plan's for that LLM."""
         s = self.settings
-        return GenerationOptions(max_tokens=s.max_tokens, temperature=s.temperature, seed=s.seed, num_ctx=s.num_ctx)
+        num_ctx = self.num_ctx.get(llm) or s.num_ctx or DEFAULT_CTX
+        return GenerationOptions(max_tokens=s.max_tokens, temperature=s.temperature, seed=s.seed, num_ctx=num_ctx)
 
 
 def new_run_id() -> str:
@@ -117,7 +120,7 @@ def open_run(
     run_id = run_id or new_run_id()
     with results_lock(settings.results_dir, run_id):
         ctx = _start(run_id, settings, platform, backend, store, quiet)
-        ctx.reopened = reopened
+        ctx.reopened, ctx.num_ctx = reopened, plan.num_ctx
         if reopened is None:
             store.start_run(run_id, settings.public_dict(), plan.as_dict(), platform.as_dict())
             store.add_questions(run_id, questions or [])

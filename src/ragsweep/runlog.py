@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ class RunLog:
         self.sample_interval_s = sample_interval_s  # how often the memory sampler reads while a model is resident
         self.box = socket.gethostname()  # events and snapshots say which machine they happened on (a cluster box says its own)
         self._seq = 0
+        self._lock = threading.Lock()  # events come from generation threads and the judge's thread too
         self._events_file = (run_dir / "events.jsonl").open("a", encoding="utf-8")
 
     def event(self, event: Event, stage: str | None = None, model: str | None = None, **data: Any) -> None:
@@ -40,10 +42,11 @@ class RunLog:
             "box": data.pop("box", self.box),
             **redact_all(data),  # a message may quote a URL with its password
         }
-        self._seq += 1
-        self.store.add_event(self.run_id, self._seq, record)
-        self._events_file.write(json.dumps(record) + "\n")
-        self._events_file.flush()  # tail -f friendly; survives a crash
+        with self._lock:
+            self._seq += 1
+            self.store.add_event(self.run_id, self._seq, record)
+            self._events_file.write(json.dumps(record) + "\n")
+            self._events_file.flush()  # tail -f friendly; survives a crash
         log.info("%s %s %s %s", event, stage or "", model or "", {k: v for k, v in record.items() if k in data} or "")
 
     def snapshot(self, stage: str, label: str, backend, model: str | None = None, before: MemorySnapshot | None = None) -> MemorySnapshot:
@@ -59,9 +62,10 @@ class RunLog:
 
     def add_snapshot_rows(self, rows) -> None:
         """Ledger rows as they are (a cluster box's, which carry its name)."""
-        for row in rows:
-            self._seq += 1
-            self.store.add_snapshot(self.run_id, self._seq, row)
+        with self._lock:
+            for row in rows:
+                self._seq += 1
+                self.store.add_snapshot(self.run_id, self._seq, row)
 
     def close(self) -> None:
         self._events_file.close()

@@ -8,8 +8,10 @@ re-pulled model gets a new digest and only its own work is redone.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,7 +22,7 @@ import numpy as np
 
 from .errors import ConfigError, StorageError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 LOCK_TIMEOUT_S = 30  # how long a write waits for another program's lock on the database
 
 # Numbered migrations: MIGRATIONS[n] takes a database from version n to n + 1.
@@ -81,6 +83,12 @@ MIGRATIONS: list[str] = [
     DROP TABLE judgements;
     ALTER TABLE judgements_v3 RENAME TO judgements;
     """,
+    # v4: many requests in flight. latency_s stays the model's own time; queued_s is the wait for a server slot, and
+    # prompt_cut marks an answer whose prompt filled num_ctx (an older server cuts such a prompt silently).
+    """
+    ALTER TABLE answers ADD COLUMN queued_s REAL;
+    ALTER TABLE answers ADD COLUMN prompt_cut INTEGER;
+    """,
 ]
 
 ANSWER_COLUMNS = [
@@ -94,13 +102,35 @@ ANSWER_COLUMNS = [
     "cached",
     "error",
     "cause",
+    "queued_s",
+    "prompt_cut",
 ]
 
 
+def _one_at_a_time(cls):
+    """Every public method holds the store's lock: generation threads and the judge's thread write through one connection,
+    and a transaction (BEGIN ... executemany) must not take in another thread's statements."""
+
+    def locked(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            with self._lock:
+                return method(self, *args, **kwargs)
+
+        return call
+
+    for name, attribute in list(vars(cls).items()):
+        if callable(attribute) and not name.startswith("_"):
+            setattr(cls, name, locked(attribute))
+    return cls
+
+
+@_one_at_a_time
 class Store:
     def __init__(self, path: Path, create: bool = True, lock_timeout_s: float = LOCK_TIMEOUT_S):
         """Open (with `create`, make) the results database; every way that fails is one StorageError line naming the fix."""
         self.path = path
+        self._lock = threading.RLock()
         folder = path.parent
         if folder.exists() and not folder.is_dir():
             raise StorageError(f"results folder {folder} is a file, not a folder — pick another --results-dir")
@@ -109,10 +139,16 @@ class Store:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(
-                f"file:{quote(str(path))}?mode={'rwc' if create else 'rw'}", uri=True, isolation_level=None, timeout=lock_timeout_s
+                f"file:{quote(str(path))}?mode={'rwc' if create else 'rw'}",
+                uri=True,
+                isolation_level=None,
+                timeout=lock_timeout_s,
+                check_same_thread=False,  # shared by the run's threads, one statement at a time (see _one_at_a_time)
             )
             self.db.row_factory = sqlite3.Row
             _require_whole_ragsweep_file(self.db, path)
+            if not create:  # reading never writes: not into an empty file, nor into a half-made one
+                _require_results(self.db, path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
             migrate(self.db)
@@ -326,6 +362,26 @@ def _require_whole_ragsweep_file(db: sqlite3.Connection, path: Path) -> None:
             raise StorageError(f"{path} is not a ragsweep database ({cut}) — move it or pick another --results-dir")
 
 
+def _require_results(db: sqlite3.Connection, path: Path) -> None:
+    """A database to read from: ragsweep's schema, of a version this ragsweep knows, with every table it reads."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" not in tables:
+        raise StorageError(f"{path} holds no ragsweep results (an empty database) — check --results-dir; nothing was written to it")
+    version = _schema_version(db, path)
+    missing = sorted({"runs", "questions", "answers", "retrievals", "events", "memory", "judgements"} - tables)
+    if version < 1 or missing:
+        what = f"tables {', '.join(missing)} are missing" if missing else f"schema version {version}"
+        raise StorageError(f"{path} is a half-made ragsweep database ({what}) — move it or pick another --results-dir")
+
+
+def _schema_version(db: sqlite3.Connection, path: Path) -> int:
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        return int(row[0]) if row else 0
+    except (TypeError, ValueError):
+        raise StorageError(f"{path}: its meta table says schema version {row[0]!r}, which no ragsweep writes — move it") from None
+
+
 def _storage_message(error: BaseException, path: Path, lock_timeout_s: float) -> str:
     text = str(error)
     if "not a database" in text or "malformed" in text:
@@ -342,8 +398,7 @@ def _storage_message(error: BaseException, path: Path, lock_timeout_s: float) ->
 def migrate(db: sqlite3.Connection) -> int:
     """Bring the database to SCHEMA_VERSION; returns the version it started at."""
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    start = int(row[0]) if row else 0
+    start = _schema_version(db, Path(db.execute("PRAGMA database_list").fetchone()[2]))
     if start > SCHEMA_VERSION:
         raise ConfigError(
             f"results database {db.execute('PRAGMA database_list').fetchone()[2]} has schema version {start}, newer than this "

@@ -75,7 +75,15 @@ def load_questions(path: Path, corpus_ids: set[str], limit: int | None = None) -
 
 
 def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(location, row) pairs; location is 'file:line' for JSONL, 'file: row N' otherwise."""
+    """(location, row) pairs; location is 'file:line' for JSONL, 'file: row N' otherwise. A file the OS will not let us
+    read is one line too."""
+    try:
+        yield from _rows_by_format(path)
+    except OSError as error:
+        raise InputError(f"{path}: cannot read it ({error.strerror or error}) — check that it is a file you may read") from None
+
+
+def _rows_by_format(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".ndjson"}:
         yield from _jsonl_rows(path)
@@ -112,6 +120,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             row = json.loads(line.rstrip("\r\n"))  # without its line ending, an error at the end of a line is placed there
         except json.JSONDecodeError as error:
             raise InputError(f"{where}: invalid JSON at column {error.colno}: {error.msg}") from None
+        except RecursionError:
+            raise InputError(f"{where}: JSON nested too deeply to be a test-set row") from None
         if not isinstance(row, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
         yield where, row
@@ -127,6 +137,8 @@ def _json_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         items = json.loads(text)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}:{error.lineno}: invalid JSON at column {error.colno}: {error.msg}") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to be a test set") from None
     for index, row in enumerate(items, start=1):
         where = f"{path}: item {index}"
         if not isinstance(row, dict):
@@ -140,11 +152,27 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     lines = (text for _, text in utf8_lines(path))
     header = next(lines, "")
     delimiter = max(",;\t", key=header.count)  # ties go to the comma: a one-column header is never a valid file anyway
-    for index, row in enumerate(csv.DictReader(itertools.chain([header], lines), delimiter=delimiter), start=2):  # line 1: the header
+    csv.field_size_limit(CSV_FIELD_LIMIT)  # the module's default (131,072 characters) is shorter than many a document
+    rows = csv.DictReader(itertools.chain([header], lines), delimiter=delimiter)
+    for index, row in enumerate(_csv_checked(rows, path), start=2):  # line 1: the header
         where = f"{path}:{index}"
         if None in row:
             raise InputError(f"{where}: more cells than the header has columns")
         yield where, _with_id_list({key: (value if value != "" else None) for key, value in row.items()}, where)
+
+
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def _csv_checked(rows: csv.DictReader, path: Path) -> Iterator[dict[str, Any]]:
+    """The reader's rows; what the csv module cannot parse is a one-line error at the line it reached."""
+    while True:
+        try:
+            yield next(rows)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise InputError(f"{path}:{rows.line_num}: not valid CSV ({error})") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:

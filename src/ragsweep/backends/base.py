@@ -83,9 +83,11 @@ class Prompt:
 @dataclass(frozen=True)
 class Generation:
     text: str
-    prompt_tokens: int | None
+    prompt_tokens: int | None  # what the model evaluated: after a silent cut, fewer than were sent
     completion_tokens: int | None
-    seconds: float  # time inside the model call
+    seconds: float  # the model's own time: the server's durations where it reports them, never time spent in its queue
+    queued_s: float = 0.0  # how long the request waited for a free slot (or was backed off as busy) before the model took it
+    prompt_cut: bool = False  # the model evaluated num_ctx tokens or more: an older server probably cut the prompt silently
 
 
 class LoadedModel(ABC):
@@ -116,6 +118,7 @@ class Backend(ABC):
     log_path: Path | None = None  # where model processes write their own output (the run's models.log), if they have any
     embedding_fallbacks: bool = False  # the out-of-memory ladder may load an embedding model in fp16, then on the CPU
     splits_across_cards: bool = False  # one model may be spread over several cards (the plan's fit check counts them all)
+    serves_concurrently: bool = False  # a server that answers several requests at once (Ollama's slots): generation probes how many
     on_retry: RetryHook = staticmethod(lambda cause, message, attempt: None)  # called before each backoff; the run logs it
 
     @classmethod

@@ -1,30 +1,42 @@
 """The embedded default: small real models shipped inside PyPI packages, no server, no network.
 
-Each loaded model lives in its own spawned child process (see local_worker); unloading is that
-process exiting. Besides the named models, any local sentence-transformers folder works as an
+Each loaded model lives in its own child process (see local_worker); unloading is that process
+exiting. The children come from a forkserver that imported torch and sentence-transformers once,
+so a model process is ready in well under a second instead of the 7-25 s of a fresh interpreter.
+Besides the named models, any local sentence-transformers folder works as an
 embedding model and any .gguf file as an LLM.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib.util
 import multiprocessing
+import multiprocessing.context
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, MissingPackageError, ModelCallError, ModelNotFoundError
+from ..errors import CONTEXT_OVERFLOW, ConfigError, MissingPackageError, ModelCallError, ModelNotFoundError
 from . import local_worker
 from .base import Backend, EmbeddingOptions, Generation, GenerationOptions, Kind, LoadedInfo, LoadedModel, ModelInfo, Prompt
 from .gguf import block_count
 
+# Imported once by the forkserver that forks every model process: torch and sentence-transformers (7-25 s in a fresh
+# interpreter) only when a sentence-transformers model is in the run. Never llama_cpp: a CUDA build may touch the driver as
+# it loads, and a CUDA context must never exist before a fork (torch only makes one on first use).
+PRELOAD = {
+    "sentence-transformers": ["ragsweep.backends.local_worker", "torch", "sentence_transformers"],
+    "llama.cpp": ["ragsweep.backends.local_worker"],
+}
 LLAMA_CPP = "llama-cpp-python==0.3.36"
 SENTENCE_TRANSFORMERS = "sentence-transformers==6.2.0"
 
@@ -145,15 +157,28 @@ class LocalBackend(Backend):
         return found
 
 
+@functools.cache
+def model_processes(engine: str) -> multiprocessing.context.BaseContext:
+    """Where model processes come from: a forkserver, started by the first model loaded, with what that model's engine
+    needs preloaded (retrieval comes first, so a run with a sentence-transformers model gets torch preloaded); or spawn
+    where there is no forkserver (Windows). A --dry-run never starts it."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD[engine])  # read only when the forkserver starts: the first engine decides
+    forkserver.ensure_running()
+    return context
+
+
 class LocalProcessModel(LoadedModel):
-    """Parent-side handle of a model living in a spawned child process."""
+    """Parent-side handle of a model living in a child process of its own."""
 
     def __init__(self, info: ModelInfo, spec: dict[str, Any], timeout_s: float, on_exit):
         self.info = info
         self._timeout_s = timeout_s
         self._on_exit = on_exit
         start = time.perf_counter()
-        context = multiprocessing.get_context("spawn")
+        context = model_processes(spec["engine"])
         self._conn, child_end = context.Pipe()
         self._process = context.Process(target=local_worker.serve, args=(child_end, spec), name=f"ragsweep-{info.name}", daemon=True)
         self._process.start()
@@ -239,9 +264,11 @@ def llama_cpp_offloads() -> bool:
 
 
 def classify(message: str) -> str:
-    """The cause of a failed load or call in a model process, from its error text: out_of_memory, or error."""
+    """The cause of a failed load or call in a model process, from its error text: out_of_memory, context overflow, or error."""
     lowered = message.lower()
-    return "out_of_memory" if any(marker in lowered for marker in OOM_MARKERS) else "error"
+    if any(marker in lowered for marker in OOM_MARKERS):
+        return "out_of_memory"
+    return CONTEXT_OVERFLOW if "exceed context window" in lowered else "error"  # llama-cpp-python: "Requested tokens (N) exceed ..."
 
 
 def _locate(name: str, model: LocalModel) -> Path:

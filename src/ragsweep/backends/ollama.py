@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 from tenacity import retry, retry_if_exception, wait_exponential_jitter
 
-from ..errors import BackendUnavailableError, ConfigError, ModelCallError, ModelNotFoundError
+from ..errors import CONTEXT_OVERFLOW, BackendUnavailableError, ConfigError, ModelCallError, ModelNotFoundError
 from ..redact import redact
 from .base import Backend, Generation, GenerationOptions, Kind, LoadedInfo, LoadedModel, ModelInfo, Prompt
 
@@ -38,6 +38,8 @@ OOM_MARKERS = (
     "unable to load full model on gpu",
 )
 TRANSIENT = {"busy", "connection", "runner_crash"}  # worth a retry with backoff
+# A prompt longer than num_ctx, refused because we send truncate: false (the wording changed across versions)
+OVERFLOW_MARKERS = ("exceeds the context length", "exceeds maximum context length", "exceed context window")
 
 
 def normalize_host(host: str) -> str:
@@ -58,6 +60,8 @@ def classify(status: int, message: str) -> str:
     lowered = message.lower()
     if any(marker in lowered for marker in OOM_MARKERS):
         return "out_of_memory"
+    if status == 400 and any(marker in lowered for marker in OVERFLOW_MARKERS):
+        return CONTEXT_OVERFLOW
     if status == 503:
         return "busy"
     if (
@@ -76,6 +80,7 @@ def _is_transient(error: BaseException) -> bool:
 class OllamaBackend(Backend):
     name = "ollama"
     runs_locally = False
+    serves_concurrently = True  # OLLAMA_NUM_PARALLEL slots per model; the rest queue on the server
     splits_across_cards = True  # Ollama spreads a model that does not fit one card over several
 
     def __init__(self, host: str, request_timeout_s: float, down_retry_s: float, retries: int = 3):
@@ -117,8 +122,13 @@ class OllamaBackend(Backend):
             raise ConfigError(f"--llms: '{name}' is an embedding model — move it to --embeddings")
         entry = tags[tag]
         license_line = (show.get("license") or "").strip().splitlines()
-        blocks = next((v for k, v in (show.get("model_info") or {}).items() if k.endswith(".block_count")), None)
-        details = {**(entry.get("details") or {}), "block_count": blocks}
+        model_info = show.get("model_info") or {}
+        details = {
+            **(entry.get("details") or {}),
+            "block_count": _model_fact(model_info, ".block_count"),
+            "context_length": _model_fact(model_info, ".context_length"),
+            "kv_bytes_per_token": kv_bytes_per_token(model_info),
+        }
         return ModelInfo(
             name, kind, entry["digest"], license_line[0][:80] if license_line else None, entry.get("size"), f"{self.host} {tag}", details
         )
@@ -141,12 +151,17 @@ class OllamaBackend(Backend):
     def versions(self) -> dict[str, str]:
         return {"ollama": self._version or "unknown"}
 
-    def request(self, path: str, body: dict[str, Any] | None = None, method: str = "POST") -> dict[str, Any]:
-        """One API call, retried with backoff: a busy server or crashed runner a few times, a vanished server for down_retry_s."""
+    def request(self, path: str, body: dict[str, Any] | None = None, method: str = "POST", retry_busy: bool = True) -> dict[str, Any]:
+        """One API call, retried with backoff: a busy server or crashed runner a few times, a vanished server for down_retry_s.
+
+        Without `retry_busy` a 503 "server busy" is raised at once: generation lowers its requests in flight and asks again.
+        """
         started = time.monotonic()
 
         def give_up(state) -> bool:
             error = state.outcome.exception()
+            if getattr(error, "cause", None) == "busy" and not retry_busy:
+                return True
             if getattr(error, "cause", None) == "connection":
                 return time.monotonic() - started >= self.down_retry_s
             return state.attempt_number >= self.retries
@@ -226,15 +241,46 @@ class OllamaModel(LoadedModel):
 
     def generate(self, prompt: Prompt) -> Generation:
         start = time.perf_counter()
-        reply = self._backend.request(
-            "/api/chat",
-            {"model": self.tag, "messages": list(prompt.messages), "stream": False, "keep_alive": KEEP_ALIVE, "options": self.options},
+        # truncate: false makes a server >= 0.12.6 refuse a prompt longer than num_ctx (400) instead of cutting it silently
+        body = {"model": self.tag, "messages": list(prompt.messages), "stream": False, "keep_alive": KEEP_ALIVE, "truncate": False}
+        reply = self._backend.request("/api/chat", {**body, "options": self.options}, retry_busy=False)
+        wall = time.perf_counter() - start
+        evaluated = reply.get("prompt_eval_count")
+        return Generation(
+            reply["message"]["content"].strip(),
+            evaluated,
+            reply.get("eval_count"),
+            *_model_and_queued_s(reply, wall),
+            prompt_cut=evaluated is not None and evaluated >= self.options.get("num_ctx", float("inf")),
         )
-        seconds = reply.get("total_duration", 0) / 1e9 or time.perf_counter() - start
-        return Generation(reply["message"]["content"].strip(), reply.get("prompt_eval_count"), reply.get("eval_count"), seconds)
 
     def close(self) -> None:
         self._backend.unload(self.tag)
+
+
+def _model_fact(model_info: dict[str, Any], suffix: str) -> Any:
+    """A GGUF fact from /api/show's model_info, whose keys start with the architecture (llama.block_count, qwen2.…)."""
+    return next((value for key, value in model_info.items() if key.endswith(suffix)), None)
+
+
+def kv_bytes_per_token(model_info: dict[str, Any]) -> int | None:
+    """f16 KV cache per token of context for one slot: 2 (K and V) x layers x KV heads x head size x 2 bytes (llama.cpp's
+    sizing; Ollama's pre-flight estimate uses the same). None when /api/show does not say (embedding models, old servers)."""
+    layers, kv_heads = _model_fact(model_info, ".block_count"), _model_fact(model_info, ".attention.head_count_kv")
+    width, heads = _model_fact(model_info, ".embedding_length"), _model_fact(model_info, ".attention.head_count")
+    if not all(isinstance(v, int) and v > 0 for v in (layers, kv_heads, width, heads)):
+        return None
+    return 2 * layers * kv_heads * (width // heads) * 2
+
+
+def _model_and_queued_s(reply: dict[str, Any], wall_s: float) -> tuple[float, float]:
+    """(the model's own seconds, seconds waiting before it): Ollama's total_duration includes the wait for a slot,
+    prompt_eval_duration + eval_duration do not. Without durations, the wall time is all we know."""
+    model_ns = (reply.get("prompt_eval_duration") or 0) + (reply.get("eval_duration") or 0)
+    if not model_ns:
+        return (reply.get("total_duration") or 0) / 1e9 or wall_s, 0.0
+    model_s = model_ns / 1e9
+    return model_s, max(0.0, wall_s - model_s - (reply.get("load_duration") or 0) / 1e9)
 
 
 def _expired(expires_at: str | None) -> bool:
