@@ -117,13 +117,15 @@ def price_per_token(model: str) -> tuple[float, float] | None:
 
 
 class AdaptiveGate:
-    """Calls in flight under a limit that adapts (AIMD, as TCP does): +1 after `limit` successful calls, halved on a 429
-    or a timeout (at most once per `limit` calls, so one burst of refusals halves once). `ceiling` is never passed."""
+    """Calls in flight under a limit that adapts as TCP's window does: slow start (+1 per success, so it doubles each round)
+    until the first 429 or timeout, then additive increase (+1 per round of `limit` successes); a 429 or a timeout halves
+    it, at most once per round (one burst of refusals halves once). `ceiling` is never passed."""
 
     def __init__(self, start: int, ceiling: int):
         self.ceiling = ceiling
         self.limit = float(min(start, ceiling))
         self.in_flight = self.peak = self.throttled = 0
+        self._slow_start = True
         self.on_change: Callable[[int, int, str], None] = lambda before, after, cause: None  # the stage logs each cut
         self._calls_since_cut = 0
         self._condition: asyncio.Condition | None = None
@@ -151,11 +153,12 @@ class AdaptiveGate:
     def succeeded(self) -> None:
         self._calls_since_cut += 1
         if self.limit < self.ceiling:
-            self.limit = min(self.ceiling, self.limit + 1 / self.capacity)
+            self.limit = min(self.ceiling, self.limit + (1 if self._slow_start else 1 / self.capacity))
 
     def refused(self, cause: str) -> None:
         """A 429 or a timeout: the provider wants fewer calls at once."""
         self.throttled += 1
+        self._slow_start = False
         if self._calls_since_cut >= self.capacity or self.capacity == 1:
             self.cut(self.capacity // 2, cause)
 
