@@ -638,6 +638,8 @@ def _handler_for(emulator: OllamaEmulator):
             load_ns = int((time.perf_counter() - start) * 1e9)
             try:
                 if empty:
+                    if fault and fault.kind == "hang":
+                        time.sleep(fault.hang_s)  # a slow load: the runner already holds its memory while the weights load
                     return 200, {**base, **blank, "done": True, "done_reason": "load"}
                 source = json.dumps(body["messages"]) if chat else body["prompt"]
                 words = len(source.split())  # the emulator's tokens

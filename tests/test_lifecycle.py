@@ -101,7 +101,25 @@ def test_samples_taken_while_resident_join_the_ledger(fake_gpu, runlog):
     backend = OllamaBackend(fake_gpu.url, request_timeout_s=30, down_retry_s=5)
     with resident_model(backend, backend.describe("llama3.2:3b", "llm"), "generate", runlog, OPTIONS):
         time.sleep(0.3)
-    labels = [s["label"] for s in runlog.store.snapshots("r1")]
-    assert labels[:2] == ["before_load", "loaded"] and labels[-2:] == ["before_unload", "after_unload"]
-    samples = [s for s in runlog.store.snapshots("r1") if s["label"] == "sample"]
-    assert len(samples) >= 5 and all(s["device_max_used_bytes"] > 2 * GB and s["model"] == "llama3.2:3b" for s in samples)
+    rows = runlog.store.snapshots("r1")
+    fixed = {s["label"]: s["t"] for s in rows if s["label"] != "sample"}
+    assert list(fixed) == ["before_load", "loaded", "before_unload", "after_unload"]
+    samples = [s for s in rows if s["label"] == "sample"]
+    resident = [s for s in samples if fixed["loaded"] <= s["t"] <= fixed["before_unload"]]
+    assert len(resident) >= 5 and all(s["device_max_used_bytes"] > 2 * GB and s["model"] == "llama3.2:3b" for s in resident)
+    assert all(fixed["before_load"] <= s["t"] <= fixed["after_unload"] for s in samples)
+
+
+def test_memory_is_sampled_while_a_model_loads_and_unloads(fake_gpu, runlog):
+    """On a GPU the peak often comes during the load: a slow load gets samples of its own, and so does the unload."""
+    runlog.sample_interval_s = 0.02
+    fake_gpu.add_fault(Fault("/api/chat", kind="hang", hang_s=0.4, when="load"))  # the runner holds its memory, the load goes on
+    backend = OllamaBackend(fake_gpu.url, request_timeout_s=30, down_retry_s=5)
+    with resident_model(backend, backend.describe("llama3.2:3b", "llm"), "generate", runlog, OPTIONS):
+        pass
+    rows = runlog.store.snapshots("r1")
+    fixed = {s["label"]: s["t"] for s in rows if s["label"] != "sample"}
+    loading = [s for s in rows if s["label"] == "sample" and fixed["before_load"] <= s["t"] < fixed["loaded"]]
+    unloading = [s for s in rows if s["label"] == "sample" and fixed["before_unload"] < s["t"] <= fixed["after_unload"]]
+    assert len(loading) >= 5 and max(s["device_max_used_bytes"] for s in loading) > 2 * GB  # the load's memory was seen
+    assert unloading  # and the way back down

@@ -221,7 +221,7 @@ def load_settings(config_path: Path | None, cli: dict[str, Any], environ: dict[s
     """Merge the layers, lowest first: built-in defaults < the config file < environment/.env < CLI flags.
 
     Without --config, configs/demo.yaml is the config file and counts as the defaults, so the
-    environment still overrides it. Each value remembers where it came from (`settings.origins`).
+    environment still overrides it. Each value remembers where it came from (`settings.origin(field)`).
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """The judge LLM as RAGAS sees it: LiteLLM behind one completion function that is bounded, retried and accounted.
 
 RAGAS 0.4's metric collections have no concurrency limit, no HTTP retries and no usage hook that
-works with llm_factory judges (../shared/reference/ragas-litellm-facts.md), so every judge call
+works with llm_factory judges (measured against ragas 0.4.3 and LiteLLM 1.110; see README "With a judge"), so every judge call
 goes through `JudgeClient.complete`: at most `concurrency` calls in flight, exponential backoff
 with jitter on 429 (honouring Retry-After), 5xx, timeouts and connection errors, and tokens and
 cost added to the metric cell that made the call. ragas and litellm are imported lazily (seconds each).

@@ -1,8 +1,9 @@
 """Load once, use for all of a stage's work, unload, and verify that memory came back.
 
 Every stage goes through `resident_model`, so the ledger has the same snapshots per model
-(clean, before_load, loaded, before_unload, after_unload) and events.jsonl the same
-model_load / model_unload / unload_verified sequence.
+(before_load, loaded, before_unload, after_unload, and `sample` rows every memory_sample_s from the
+start of the load until the unload is verified) and events.jsonl the same model_load /
+model_unload / unload_verified sequence.
 """
 
 from __future__ import annotations
@@ -145,20 +146,25 @@ def resident_model(
 ) -> Iterator[Resident]:
     clean_state(backend, runlog, stage)
     before = runlog.snapshot(stage, "before_load", backend, info.name)
-    resident = Resident(backend, info, stage, runlog, options)
-    runlog.snapshot(stage, "loaded", backend, info.name, before=before)
+    # sampled from the moment the load begins until the unload is verified: on a GPU the peak often comes during the load
     sampler = MemorySampler(backend, runlog.platform, stage, info.name, before, runlog.sample_interval_s)
+    resident, verified = None, False
     try:
         with sampler:
-            yield resident
+            resident = Resident(backend, info, stage, runlog, options)
+            runlog.snapshot(stage, "loaded", backend, info.name, before=before)
+            try:
+                yield resident
+            finally:
+                runlog.snapshot(stage, "before_unload", backend, info.name, before=before)
+                resident.close()
+                verified = clean_state(backend, runlog, stage, back_to_bytes=before.device_max_used_bytes, model=info.name)
     finally:
-        runlog.add_snapshots(sampler.samples)
-        runlog.snapshot(stage, "before_unload", backend, info.name, before=before)
-        resident.close()
-        verified = clean_state(backend, runlog, stage, back_to_bytes=before.device_max_used_bytes, model=info.name)
-        after = runlog.snapshot(stage, "after_unload", backend, info.name)
-        if verified:
-            runlog.event(Event.UNLOAD_VERIFIED, stage, info.name, in_use_bytes=after.in_use_bytes)
+        runlog.add_snapshots(sampler.samples)  # a load that failed keeps its samples too
+        if resident is not None:
+            after = runlog.snapshot(stage, "after_unload", backend, info.name)
+            if verified:
+                runlog.event(Event.UNLOAD_VERIFIED, stage, info.name, in_use_bytes=after.in_use_bytes)
 
 
 def relieve_pressure(backend: Backend, runlog: RunLog, stage: str, keep: str, size: int) -> int:

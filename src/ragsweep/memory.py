@@ -32,7 +32,7 @@ RUNNER_NAMES = ("ollama", "ollama_llama_server", "llama-server")
 class MemorySnapshot:
     """One row of the memory ledger (memory.csv). Byte counts; None = source absent."""
 
-    stage: str  # plan | retrieve | generate | judge | report
+    stage: str  # plan (the clean-up before the first stage) | retrieve | generate | judge
     label: str  # e.g. before_load, loaded, after_unload
     model: str | None
     t: float  # unix time
@@ -101,7 +101,8 @@ def monitor_gpu_memory(stage: str, label: str, backend: Backend, platform: Platf
 
 
 class MemorySampler:
-    """While a model is resident, a thread reads memory every `interval_s`: the peaks between the fixed snapshots.
+    """From a model's load until its unload is verified, a thread reads memory every `interval_s`: the peaks between the
+    fixed snapshots, those of the load and the unload included.
 
     On an H200 the peak during embedding was twice the level right after the load. Samples are kept
     in memory and stored by the caller when the model leaves (SQLite stays single-threaded).

@@ -1,7 +1,8 @@
 """Backends: where models run. A backend is one module with one `Backend` subclass and one line in BACKENDS.
 
-The CLI's --backend choices, the config's validation and `get_backend` all read BACKENDS, so a
-new backend needs no other edit.
+The CLI's --backend choices, the config's validation and `get_backend` all read BACKENDS. A backend
+that runs models in this process's children needs no other edit; one with settings of its own (a
+server URL, a launch command) also adds them to config and cli.
 """
 
 from __future__ import annotations
