@@ -21,6 +21,7 @@ from rich.console import Console
 
 from ragsweep import cli, errors
 from ragsweep.cluster import backend_for, fill_answers, fill_embeddings
+from ragsweep.cluster_scheduler import serve as serve_scheduler
 from ragsweep.cluster_worker import serve
 from ragsweep.config import Settings, load_env_file, load_settings
 from ragsweep.errors import RagsweepError
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return report_command(cli.build_report_parser().parse_args(argv[1:]))
         if argv[:1] == ["worker"]:  # a GPU box serving a --cluster run
             return serve(cli.build_worker_parser().parse_args(argv[1:]))
+        if argv[:1] == ["scheduler"]:  # the head's Dask scheduler, able to import ragsweep's tasks
+            return serve_scheduler(cli.build_scheduler_parser().parse_args(argv[1:]))
         args = cli.build_parser().parse_args(argv)
         load_env_file()  # .env in the working directory; real environment variables win
         settings = load_settings(args.config, cli.settings_from(args))

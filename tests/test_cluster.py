@@ -513,3 +513,48 @@ def test_tls_settings_are_all_or_nothing_and_match_the_address(tmp_path):
         security("tcp://h:1", ca, ca, ca)
     with pytest.raises(ConfigError, match=r"the TLS key .*nope.key does not exist \(cluster_tls_ca_file"):
         security("tls://h:1", ca, ca, tmp_path / "nope.key")
+
+
+def start_scheduler(*how: str, env=None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [*how, "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    address = f"tcp://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return process, address
+        time.sleep(0.2)
+    raise AssertionError("the scheduler never listened")
+
+
+def test_the_readmes_recipe_runs_as_written(tmp_path):
+    """README: `python src/benchmark.py scheduler ...` on the head, `worker` on each box, the head with --cluster."""
+    scheduler, address = start_scheduler(*command("scheduler"))
+    with OllamaEmulator() as a, killed_at_end([scheduler, start_box(address, "box-a", a)]):
+        wait_for(address, 1)
+        result = run_cli(*head_args(address, tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = samples(tmp_path)
+    assert len(rows) == 2 * 2 * 6 and all(r["answer"] and not r["error"] for r in rows.values())
+
+
+def test_a_scheduler_that_cannot_read_the_tasks_stops_the_run_with_how_to_start_one():
+    """Reported on a fresh machine: `dask scheduler` from another environment failed every stage with this message. It
+    could not be reproduced here (a scheduler that cannot import ragsweep still ran every stage with distributed
+    2026.8.0), so Dask's failed future is stood in for: the head must stop (exit 3, resumable), not fail every sample."""
+    from types import SimpleNamespace
+
+    from ragsweep import cluster
+    from ragsweep.errors import BackendUnavailableError
+
+    error = RuntimeError(
+        "Error during deserialization of the task graph. This frequently occurs if the Scheduler and Client have different environments."
+    )
+    failed = SimpleNamespace(status="error", exception=lambda: error)
+    ctx = SimpleNamespace(backend=SimpleNamespace(address="tcp://127.0.0.1:8786"))
+    with pytest.raises(BackendUnavailableError, match=r"start it with `python src/benchmark.py scheduler"):
+        cluster._finish(ctx, cluster.Stage("llama3.2:3b", {"stage": "generate"}, done=None, future=failed))

@@ -57,6 +57,18 @@ def build_report_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_scheduler_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="benchmark.py scheduler", description="The Dask scheduler of a --cluster run, from ragsweep's own environment."
+    )
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: boxes come through SSH tunnels)")
+    p.add_argument("--port", type=int_in(1, 65535), default=8786, help="the port to listen on (default 8786)")
+    p.add_argument("--tls-ca-file", help="Dask TLS: the CA that signed every certificate of the cluster")
+    p.add_argument("--tls-cert", help="Dask TLS: this scheduler's certificate")
+    p.add_argument("--tls-key", help="Dask TLS: this scheduler's private key")
+    return p
+
+
 def build_worker_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmark.py worker", description="Serve this GPU box to a ragsweep cluster run (a Dask worker).")
     p.add_argument("scheduler", help="the Dask scheduler's address, e.g. tcp://127.0.0.1:8786 through an SSH tunnel")

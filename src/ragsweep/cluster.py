@@ -132,7 +132,14 @@ def security(address: str, ca_file, cert, key, where: str = "cluster_tls_ca_file
 
     ca_file, cert, key = (str(path) for path in given.values())
     return Security(
-        tls_ca_file=ca_file, tls_client_cert=cert, tls_client_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True
+        tls_ca_file=ca_file,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+        tls_scheduler_cert=cert,  # read only by `benchmark.py scheduler`
+        tls_scheduler_key=key,
+        require_encryption=True,
     )
 
 
@@ -353,6 +360,12 @@ def _finish(ctx: RunContext, stage: Stage) -> None:
     if one is connected; any other failure is that model's, not the run's."""
     if stage.future.status == "error":  # Dask itself gave up on the task (it killed box after box)
         error = stage.future.exception()
+        if "deserialization of the task graph" in str(error):  # the scheduler cannot import ragsweep: every stage would fail
+            raise BackendUnavailableError(
+                f"the Dask scheduler at {ctx.backend.address} cannot read ragsweep's tasks (it cannot import ragsweep) — start it "
+                "with `python src/benchmark.py scheduler --host 127.0.0.1 --port 8786` instead of `dask scheduler`; finished work "
+                "is saved: run the same command again"
+            )
         stage.tried.append(f"{type(error).__name__}: {error}")
         _give_up(ctx, stage, getattr(error, "cause", "cluster"), str(error))
         return
