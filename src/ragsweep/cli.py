@@ -79,6 +79,9 @@ def build_worker_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--port", type=int_in(1, 65535), help="listen on 127.0.0.1:PORT, for a reverse SSH tunnel (ssh -R PORT:127.0.0.1:PORT head)"
     )
+    p.add_argument(
+        "--connect-timeout", type=int_in(1, 7 * 24 * 3600), default=60, help="seconds to wait for the scheduler at start (default 60)"
+    )
     p.add_argument("--tls-ca-file", help="Dask TLS: the CA that signed the scheduler's and this box's certificates")
     p.add_argument("--tls-cert", help="Dask TLS: this box's certificate")
     p.add_argument("--tls-key", help="Dask TLS: this box's private key")

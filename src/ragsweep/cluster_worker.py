@@ -54,10 +54,14 @@ def serve(args) -> int:
     tunnel = {"host": "127.0.0.1", "port": args.port, "contact_address": f"tcp://127.0.0.1:{args.port}"} if args.port else {}
 
     async def run() -> None:
-        async with Worker(
-            args.scheduler, nthreads=1, resources={"gpu": args.gpus}, name=args.name, security=tls, dashboard=False, **tunnel
-        ) as w:
-            await w.finished()
+        worker = Worker(args.scheduler, nthreads=1, resources={"gpu": args.gpus}, name=args.name, security=tls, dashboard=False, **tunnel)
+        try:
+            await asyncio.wait_for(worker.start(), timeout=args.connect_timeout)  # Dask would retry an absent scheduler forever
+        except TimeoutError:
+            await worker.close()
+            raise TimeoutError(f"no scheduler answered within {args.connect_timeout} s") from None
+        async with worker:
+            await worker.finished()
 
     try:
         asyncio.run(run())
