@@ -423,15 +423,15 @@ def test_a_rate_limiting_provider_lowers_the_judges_calls_in_flight(tmp_path):
 
 def test_a_judge_url_with_credentials_judges_every_cell(tmp_path):
     """LiteLLM's async transport refuses credentials in the URL: they must travel as a Basic header, and never be shown."""
-    with OllamaEmulator() as emu, JudgeServer(JudgeFaults(basic_auth="judge:Pa55@word")) as judge:
-        url = judge.url.replace("http://", "http://judge:Pa55@word@") + "/v1"
+    with OllamaEmulator() as emu, JudgeServer(JudgeFaults(basic_auth="judge:Pa55@w0rd-9Zq")) as judge:
+        url = judge.url.replace("http://", "http://judge:Pa55@w0rd-9Zq@") + "/v1"
         result = run(emu, judge, tmp_path, "--judge-base-url", url)
         assert result.returncode == 0, result.stderr
         assert judge.state.statuses[401] == 0 and judge.state.chat_requests > 0
     samples = rows(latest(tmp_path) / "samples.csv")
     assert samples and all(s[m] for s in samples for m in METRICS)
-    stored = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
-    assert b"Pa55" not in stored and "Pa55" not in result.stdout + result.stderr
+    leaked = [p.name for p in tmp_path.rglob("*") if p.is_file() and b"w0rd-9Zq" in p.read_bytes()]  # long enough never to occur by chance
+    assert not leaked and "w0rd-9Zq" not in result.stdout + result.stderr
 
 
 def test_an_ollama_judge_on_a_host_with_credentials_judges_every_cell(emulator, tmp_path):
