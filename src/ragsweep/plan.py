@@ -148,9 +148,14 @@ def context_sizes(llms: list[ModelInfo], setting: int | None, longest_prompt_byt
     else the default 4096."""
     if setting:
         return {llm.name: setting for llm in llms}
-    need = longest_prompt_bytes // BYTES_PER_TOKEN + max_tokens
+    need = tokens_needed(longest_prompt_bytes, max_tokens)
     sized = max(MIN_SIZED_CTX, -(-need // 1024) * 1024)
     return {llm.name: min(sized, llm.details["context_length"]) if llm.details.get("context_length") else DEFAULT_CTX for llm in llms}
+
+
+def tokens_needed(longest_prompt_bytes: int, max_tokens: int) -> int:
+    """The context the longest prompt and its answer take, estimated from the prompt's UTF-8 bytes."""
+    return longest_prompt_bytes // BYTES_PER_TOKEN + max_tokens
 
 
 def context_notes(plan: Plan, setting: int | None, longest_prompt_bytes: int, max_tokens: int) -> list[str]:
@@ -158,7 +163,7 @@ def context_notes(plan: Plan, setting: int | None, longest_prompt_bytes: int, ma
     sized = {llm.name: plan.num_ctx[llm.name] for llm in plan.llms if llm.details.get("context_length")}
     if setting or not sized:
         return []
-    need = longest_prompt_bytes // BYTES_PER_TOKEN + max_tokens
+    need = tokens_needed(longest_prompt_bytes, max_tokens)
     notes = [
         f"num_ctx sized per LLM for the longest prompt (~{need - max_tokens} tokens, estimated) + max_tokens {max_tokens}: "
         + ", ".join(f"{name} {size}" for name, size in sized.items())
