@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
 
 from ragsweep.config import load_settings  # noqa: E402
-from ragsweep.judge import _FIELDS, Cell, Judging, _cell_key  # noqa: E402
+from ragsweep.judge import _FIELDS, Cell, Judging, cell_key  # noqa: E402
 from ragsweep.judge_client import JudgeSpec  # noqa: E402
 from ragsweep.platform import PlatformConfig  # noqa: E402
 from ragsweep.run import RunContext  # noqa: E402
@@ -46,7 +46,7 @@ def cells_from_demo(spec: JudgeSpec, n: int) -> list[Cell]:
         }
         metric = list(_FIELDS)[i % 4]
         inputs = {k: v for k, v in base.items() if k in _FIELDS[metric]}
-        cells.append(Cell("bm25", "llm", f"q{i}", metric, 0, inputs, _cell_key(spec, metric, inputs, 0)))
+        cells.append(Cell("bm25", "llm", f"q{i}", metric, 0, inputs, cell_key(spec, metric, inputs, 0)))
     return cells
 
 

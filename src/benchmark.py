@@ -20,6 +20,7 @@ import sys
 from rich.console import Console
 
 from ragsweep import cli, errors
+from ragsweep.backends import get_backend
 from ragsweep.cluster import backend_for, fill_answers, fill_embeddings
 from ragsweep.cluster_scheduler import serve as serve_scheduler
 from ragsweep.cluster_worker import serve
@@ -36,8 +37,11 @@ from ragsweep.judge import (
     require_same_judge,
     resolve_judge,
 )
+from ragsweep.judge_check import CHECK_PREFIX, DEFAULT_LABELS, estimate_line, print_check, run_check, write_check
+from ragsweep.labels import load_judge_check_items, load_sample_labels
 from ragsweep.lifecycle import clean_state
 from ragsweep.lock import results_lock
+from ragsweep.outcome import Interrupted, stop_from
 from ragsweep.plan import Plan, make_plan, print_plan, print_settings
 from ragsweep.platform import get_platform_config
 from ragsweep.prompt import longest_prompt_bytes
@@ -45,7 +49,7 @@ from ragsweep.redact import redact
 from ragsweep.report import print_outcome, write_exports
 from ragsweep.retrieval import chunk_documents, retrieve_all
 from ragsweep.retrievers import ORACLE
-from ragsweep.run import open_run
+from ragsweep.run import new_run_id, open_check, open_run
 from ragsweep.store import Store
 from ragsweep.terminal import make_output_safe
 from ragsweep.testset import load_corpus, load_questions
@@ -59,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             return report_command(cli.build_report_parser().parse_args(argv[1:]))
         if argv[:1] == ["worker"]:  # a GPU box serving a --cluster run
             return serve(cli.build_worker_parser().parse_args(argv[1:]))
+        if argv[:1] == ["judge-check"]:  # how well the judge separates answers labelled good from bad
+            return judge_check_command(cli.build_judge_check_parser().parse_args(argv[1:]))
         if argv[:1] == ["scheduler"]:  # the head's Dask scheduler, able to import ragsweep's tasks
             return serve_scheduler(cli.build_scheduler_parser().parse_args(argv[1:]))
         args = cli.build_parser().parse_args(argv)
@@ -150,8 +156,43 @@ def retry_failed(settings: Settings, platform, backend, store: Store, judge_spec
     return run.outcome.exit_code
 
 
+def judge_check_command(args: argparse.Namespace) -> int:
+    """`benchmark.py judge-check`: the judge scores labelled items; AUROC per metric, stored against the judge's identity."""
+    load_env_file()
+    settings = load_settings(args.config, cli.settings_from(args))
+    labels = args.labels or DEFAULT_LABELS
+    items = load_judge_check_items(labels, args.per_metric)
+    platform = get_platform_config(**settings.platform_overrides())
+    spec = resolve_judge(settings, platform.judge_concurrency)
+    if spec is None:
+        raise errors.ConfigError(f"judge-check needs a judge — {no_judge_hint(settings)}")
+    require_judge_packages()
+    require_judge_reachable(spec, settings)
+    out = Console(quiet=args.quiet, width=None if sys.stdout.isatty() else 200)
+    out.print(estimate_line(items, spec, labels), markup=False, highlight=False)
+    if args.dry_run:
+        return errors.EXIT_OK
+    store = Store(settings.results_dir / "ragsweep.sqlite")
+    check_id = CHECK_PREFIX + new_run_id()
+    try:
+        with open_check(settings, platform, get_backend(settings, platform.device), store, check_id, args.quiet) as ctx:
+            rows, item_rows = run_check(ctx, spec, items)
+    except (Interrupted, KeyboardInterrupt) as error:
+        stop = stop_from(error)
+        print(f"ragsweep {check_id}: {stop.reason}; judged items are cached — run the same command again to go on", file=sys.stderr)
+        return stop.exit_code
+    write_check(ctx.run_dir, spec.model, labels, rows, item_rows)
+    store.put_judge_check(check_id, spec.model, spec.identity, str(labels), rows)
+    print_check(rows, spec.model, out)
+    failed = sum(row["failed"] for row in rows)
+    said = f"{failed} failed (see judge_check_items.csv; run again to retry them)" if failed else "none failed"
+    print(f"ragsweep {check_id}: {len(items)} labelled items judged, {said}; results in {ctx.run_dir}")
+    return errors.EXIT_FAILURES if failed else errors.EXIT_OK
+
+
 def report_command(args: argparse.Namespace) -> int:
-    """`benchmark.py report [RUN_ID] [--baseline B] | --compare A B`: the exports again, from the store alone."""
+    """`benchmark.py report [RUN_ID] [--baseline B] [--labels FILE] | --compare A B`: the exports again, from the store alone;
+    --labels stores a person's labels of the run's samples first (the report corrects the judged scores by them)."""
     settings = load_settings(args.config, {"results_dir": args.results_dir})
     store = Store(settings.results_dir / "ragsweep.sqlite", create=False)  # reading never creates a database
     baseline, run_id = args.compare if args.compare else (args.baseline, args.run_id or store.latest_run_id())
@@ -161,6 +202,10 @@ def report_command(args: argparse.Namespace) -> int:
         if store.run(wanted) is None:
             raise errors.ConfigError(f"no run {wanted!r} in {store.path} (latest: {store.latest_run_id()})")
     with results_lock(settings.results_dir, f"report {run_id}"):  # a live run's exports are its own to write
+        if args.labels:
+            answered = {(s["embedding_model"], s["llm"], s["question_id"]) for s in store.samples(run_id) if not s["error"]}
+            labelled = load_sample_labels(args.labels, answered)
+            store.put_labels(run_id, [(x.embedding_model, x.llm, x.question_id, x.metric, x.label) for x in labelled])
         write_exports(store, run_id, settings.results_dir / run_id, baseline)
     print(f"reports for {run_id} rewritten in {settings.results_dir / run_id} (report.md, report.html)")
     return errors.EXIT_OK

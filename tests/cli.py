@@ -49,5 +49,5 @@ def start_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 def latest_run_dir(results: Path) -> Path:
-    """The newest run folder (run ids sort by time)."""
-    return max(p for p in results.iterdir() if p.is_dir())
+    """The newest run folder (run ids sort by time; a judge check's folder is not a run)."""
+    return max(p for p in results.iterdir() if p.is_dir() and not p.name.startswith("judge-check-"))

@@ -34,6 +34,10 @@ class JudgeFaults:
     max_concurrent: int = 0  # a provider's concurrency limit: a chat request beyond this many in flight answers 429
     retry_after_s: float = 0.2  # the Retry-After those 429s carry
     basic_auth: str | None = None  # "user:password": every request without that Basic Authorization header gets 401
+    # How verdicts are decided. None: always 1 (flipped by `noisy`). "coin": 0 or 1 by a hash of the call's input, so
+    # uninformative yet the same on every run. "reads": a judge that reads its input: a claim (statement, answer,
+    # reference) is supported when most of its words are in the context, and a statement is the answer itself.
+    mode: str | None = None
 
 
 @dataclass
@@ -86,25 +90,56 @@ def judge_flags(server: JudgeServer) -> list[str]:
     return ["--judge", "openai/judge", "--judge-base-url", f"{server.url}/v1", "--judge-embeddings", "openai/embed"]
 
 
-def instance_of(schema: dict[str, Any], defs: dict[str, Any], name: str = "", flip=lambda: False) -> Any:
-    """A small valid instance of a JSON schema: verdicts 1 (0 when `flip()` says so), 'noncommittal' 0, one item per list."""
+def instance_of(schema: dict[str, Any], defs: dict[str, Any], name: str = "", flip=lambda: False, text=None) -> Any:
+    """A small valid instance of a JSON schema: verdicts 1 (0 when `flip()` says so), 'noncommittal' 0, one item per list;
+    `text(name)` may give a string field's content."""
     if "$ref" in schema:
-        return instance_of(defs[schema["$ref"].split("/")[-1]], defs, name, flip)
+        return instance_of(defs[schema["$ref"].split("/")[-1]], defs, name, flip, text)
     for key in ("anyOf", "oneOf", "allOf"):
         if key in schema:
-            return instance_of(schema[key][0], defs, name, flip)
+            return instance_of(schema[key][0], defs, name, flip, text)
     kind = schema.get("type")
     if kind == "object" or "properties" in schema:
-        return {prop: instance_of(sub, defs, prop, flip) for prop, sub in schema.get("properties", {}).items()}
+        return {prop: instance_of(sub, defs, prop, flip, text) for prop, sub in schema.get("properties", {}).items()}
     if kind == "array":
-        return [instance_of(schema.get("items", {"type": "string"}), defs, name, flip)]
+        return [instance_of(schema.get("items", {"type": "string"}), defs, name, flip, text)]
     if kind == "integer":
         return 0 if name == "noncommittal" or flip() else 1
     if kind == "number":
         return 1.0
     if kind == "boolean":
         return True
-    return f"the {name or 'text'} as the judge sees it"
+    return (text and text(name)) or f"the {name or 'text'} as the judge sees it"
+
+
+def judge_input(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The object a ragas prompt asks about: the JSON after its last 'input: ' (its examples come before)."""
+    content = str(messages[-1].get("content", "")) if messages else ""
+    start = content.rfind("input: {")
+    if start == -1:
+        return {}
+    try:
+        found, _ = json.JSONDecoder().raw_decode(content[start + len("input: ") :])
+    except json.JSONDecodeError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def supported(claim: str, context: str) -> bool:
+    """Most of the claim's words appear in the context."""
+    words = set(re.findall(r"\w+", claim.lower()))
+    return bool(words) and len(words & set(re.findall(r"\w+", context.lower()))) >= 0.6 * len(words)
+
+
+def verdicts_for(mode: str, given: dict[str, Any]):
+    """(flip, text) for instance_of under `mode`, from the call's input."""
+    if mode == "coin":
+        parity = int(hashlib.md5(json.dumps(given, sort_keys=True).encode()).hexdigest(), 16) % 2
+        return (lambda: parity == 0), None
+    context = given.get("context") or ""
+    claims = given.get("statements") or [given.get("answer") or given.get("response") or ""]
+    verdict = all(supported(str(claim), str(context)) for claim in claims) if context else True
+    return (lambda: not verdict), (lambda name: given.get("answer") if name in ("statements", "statement") else None)
 
 
 def _schema_in(messages: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -204,7 +239,10 @@ def _handler_for(server: JudgeServer):
             if fault == "garbage" or schema is None:
                 content = "I think the answer is mostly fine, but I cannot say more."
             else:
-                content = json.dumps(instance_of(schema, schema.get("$defs", {}), flip=server.flip))
+                flip, text = server.flip, None
+                if server.faults.mode:
+                    flip, text = verdicts_for(server.faults.mode, judge_input(body.get("messages", [])))
+                content = json.dumps(instance_of(schema, schema.get("$defs", {}), flip=flip, text=text))
             prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
             self._send(
                 200,

@@ -94,3 +94,30 @@ def test_per_card_peaks_samples_and_inferred_attribution_are_reported(store):
     assert "| 0 | 11.00 | 24.00 |" in text and "| 1 | 3.00 | 24.00 |" in text  # the sample's peak, per card
     assert "Peaks include 1 samples" in text and "inferred as the device's growth" in text
     assert "| generate | 11.00 |" in text  # the stage's peak is the fullest card at the sample
+
+
+def _comparison(low: float, high: float, distinguishable: bool, llm: str = "b") -> dict:
+    return {
+        "metric": "exact_match",
+        "best_embedding_model": "bm25",
+        "best_llm": "a",
+        "embedding_model": "bm25",
+        "llm": llm,
+        "n_paired": 20,
+        "mean_diff": (low + high) / 2,
+        "ci_low": low,
+        "ci_high": high,
+        "p_value": 0.01 if distinguishable else 0.09,
+        "distinguishable": distinguishable,
+        "questions_to_separate": 60.0,
+    }
+
+
+def test_no_tie_is_said_beside_an_interval_that_excludes_zero():
+    from ragsweep.comparisons import tie_sentences
+
+    rows = [_comparison(-0.4, -0.05, False, "b"), _comparison(-0.3, 0.1, False, "c"), _comparison(-0.5, -0.2, True, "d")]
+    excluded, covered = tie_sentences(rows)
+    assert "tied" not in excluded and "is worse than the best, bm25 + a, on these 20 questions" in excluded
+    assert "but not after correcting for 3 comparisons (Holm-adjusted p = 0.090)" in excluded and "[-0.400, -0.050]" in excluded
+    assert "bm25 + c is tied with the best" in covered and "[-0.300, +0.100]" in covered

@@ -1,5 +1,7 @@
 """Intervals, paired comparisons and judge noise: checked against scipy and against planted effects."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -74,3 +76,78 @@ def test_judge_repeats_widen_the_interval_and_their_noise_is_measured():
     sd, share = stats.judge_noise(noisy)
     assert 0.15 < sd < 0.35 and 0.1 < share <= 1.0
     assert stats.judge_noise(calm) == pytest.approx((0.0, 0.0), abs=1e-9)
+
+
+def _scored(seed: int = 3, n: int = 120, shift: float = 0.25):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n).astype(bool)
+    scores = np.round(rng.random(n) + shift * labels, 1)  # rounded: many ties, counted half
+    return scores, labels
+
+
+def test_auroc_and_its_interval_match_scikit_learn_and_a_plain_bootstrap():
+    from sklearn.metrics import roc_auc_score
+
+    scores, labels = _scored()
+    found = stats.separation(scores, labels)
+    assert found.auroc == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    rng = np.random.default_rng(99)  # another seed, resampled one at a time, each class apart
+    positives, negatives = scores[labels], scores[~labels]
+    areas = []
+    for _ in range(2000):
+        p, q = rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))
+        areas.append(roc_auc_score([1] * len(p) + [0] * len(q), np.concatenate([p, q])))
+    low, high = np.percentile(areas, [2.5, 97.5])
+    assert found.low == pytest.approx(low, abs=0.02) and found.high == pytest.approx(high, abs=0.02)
+    assert found.low < found.auroc < found.high and found.n == len(scores) and found.positives == labels.sum()
+
+
+def test_balanced_accuracy_reads_a_score_at_the_threshold_as_high():
+    found = stats.separation(np.array([0.5, 0.9, 0.2, 0.49, 0.7, 0.1]), np.array([1, 1, 1, 0, 0, 0], bool))
+    assert found.balanced_accuracy == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_verdicts_follow_the_interval():
+    make = lambda low, high: stats.Separation(40, 20, (low + high) / 2, low, high, 0.5, 0.5)  # noqa: E731
+    assert make(0.55, 0.9).verdict == "agrees"
+    assert make(0.45, 0.9).verdict == "no better than chance"
+    assert make(0.1, 0.45).verdict == "inverted"
+    assert make(math.nan, math.nan).verdict == "too few labelled items"
+
+
+def test_failed_cells_are_left_out_of_the_auroc():
+    scores, labels = _scored()
+    holed = scores.copy()
+    holed[:10] = np.nan
+    found = stats.separation(holed, labels)
+    assert found.n == len(scores) - 10 and found.auroc == pytest.approx(stats.auroc(scores[10:], labels[10:]))
+
+
+def test_ppi_with_every_sample_labelled_is_the_labels_mean():
+    rng = np.random.default_rng(5)
+    labels = rng.random(40)
+    found = stats.corrected_mean(labels, np.clip(labels + 0.3, 0, 1), np.array([]))
+    assert found.mean == pytest.approx(labels.mean()) and found.n == 40 and found.low < labels.mean() < found.high
+
+
+def test_ppi_moves_toward_the_labels_when_the_judge_is_biased():
+    rng = np.random.default_rng(6)
+    truth = rng.random(400)
+    judge = np.clip(truth * 0.5 + 0.45, 0, 1)  # a lenient judge: its mean is about 0.70, the truth's about 0.5
+    labelled = rng.choice(400, 60, replace=False)
+    rest = np.setdiff1d(np.arange(400), labelled)
+    found = stats.corrected_mean(truth[labelled], judge[labelled], judge[rest])
+    assert abs(found.mean - truth.mean()) < 0.05 < abs(judge.mean() - truth.mean())
+    assert found.low < truth.mean() < found.high
+    classical = stats.corrected_mean(truth[labelled], judge[labelled], np.array([]))
+    assert found.high - found.low < classical.high - classical.low  # an informative judge narrows the labels' interval
+    assert found.more_labels_to_halve is not None and found.more_labels_to_halve > 60
+
+
+def test_ppi_never_widens_the_interval_for_a_judge_that_says_nothing():
+    rng = np.random.default_rng(7)
+    truth = rng.random(200)
+    noise = rng.random(200)  # unrelated to the truth
+    found = stats.corrected_mean(truth[:50], noise[:50], noise[50:])
+    classical = stats.corrected_mean(truth[:50], noise[:50], np.array([]))
+    assert found.high - found.low <= (classical.high - classical.low) * 1.05

@@ -26,10 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--generation-concurrency", type=int, help="generation requests in flight per LLM (default: found by measurement on Ollama)"
     )
-    p.add_argument("--judge", help="'none' or a LiteLLM model: gpt-4o-mini, ollama_chat/NAME, openai/NAME (with --judge-base-url)")
-    p.add_argument("--judge-base-url", help="OpenAI-compatible server for openai/NAME judges (Ollama host for ollama_chat/)")
-    p.add_argument("--judge-embeddings", help="LiteLLM embedding model for answer_relevancy")
-    p.add_argument("--judge-concurrency", type=int, help="judge calls in flight, at most")
+    add_judge_flags(p)
     p.add_argument("--judge-repeats", type=int, help="judge each cell N times to measure the judge's noise (default 1)")
     p.add_argument("--max-judge-cost", type=float, help="USD: stop judging cleanly when reached")
     p.add_argument("--retry-failed", action="store_true", help="re-judge only the failed cells of the latest run")
@@ -47,11 +44,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_judge_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge", help="'none' or a LiteLLM model: gpt-4o-mini, ollama_chat/NAME, openai/NAME (with --judge-base-url)")
+    p.add_argument("--judge-base-url", help="OpenAI-compatible server for openai/NAME judges (Ollama host for ollama_chat/)")
+    p.add_argument("--judge-embeddings", help="LiteLLM embedding model for answer_relevancy")
+    p.add_argument("--judge-concurrency", type=int, help="judge calls in flight, at most")
+
+
+def build_judge_check_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="benchmark.py judge-check",
+        description="How well does this judge separate answers labelled good from answers labelled bad? AUROC per metric.",
+    )
+    p.add_argument("--labels", type=Path, help="labelled items, JSON Lines (default: the bundled HaluEval QA set, 2,400 items)")
+    p.add_argument("--limit", dest="per_metric", type=int_in(1, 10**9), help="the first N labelled items of each metric")
+    add_judge_flags(p)
+    p.add_argument("--config", type=Path, help="YAML settings file (judge settings, results_dir)")
+    p.add_argument("--results-dir", help="where the check and the results database go")
+    p.add_argument("--ollama-host", help="Ollama server URL, for an ollama_chat/ judge")
+    p.add_argument("--dry-run", action="store_true", help="print the check's plan (calls, cost) and exit")
+    p.add_argument("--quiet", action="store_true", help="print only the closing line")
+    return p
+
+
 def build_report_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="benchmark.py report", description="Rebuild a run's reports from the store (no models needed).")
     p.add_argument("run_id", nargs="?", help="the run (default: the latest)")
     p.add_argument("--compare", nargs=2, metavar=("BASELINE", "RUN"), help="report RUN with per-metric deltas against BASELINE")
     p.add_argument("--baseline", help="compare against this earlier run")
+    p.add_argument(
+        "--labels", type=Path, help="your own labels of this run's samples (JSON Lines): summary.csv gets scores corrected by them (PPI)"
+    )
     p.add_argument("--config", type=Path, help="YAML settings file (for results_dir)")
     p.add_argument("--results-dir", help="where runs and the results database are")
     return p

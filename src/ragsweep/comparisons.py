@@ -7,7 +7,7 @@ baselines are never ranked: they bracket the real retrievers for the diagnosis.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
@@ -89,7 +89,10 @@ COMPARISON_NOTE = (
 
 
 def tie_sentences(comparisons: list[dict[str, Any]]) -> list[str]:
-    """One sentence per tie with the best, with roughly how many questions would separate the two at the observed difference."""
+    """One sentence per comparison the Holm-adjusted test cannot tell from noise. "Tied" only where the interval beside it
+    covers zero; where the unadjusted interval excludes zero, the sentence says the difference holds on these questions
+    but not after correcting for the metric's number of comparisons (a reader never sees "tied" beside such an interval)."""
+    family = Counter(row["metric"] for row in comparisons)
     sentences = []
     for row in comparisons:
         if row["distinguishable"]:
@@ -99,10 +102,15 @@ def tie_sentences(comparisons: list[dict[str, Any]]) -> list[str]:
             f"you would need about {separate:.0f} questions to tell them apart" if separate else "no difference at all on these questions"
         )
         diff = f"Δ {row['mean_diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}], n={row['n_paired']}"
-        sentences.append(
-            f"{row['metric']}: {row['embedding_model']} + {row['llm']} is tied with the best, "
-            f"{row['best_embedding_model']} + {row['best_llm']} ({diff}); {need}"
-        )
+        who, best = f"{row['embedding_model']} + {row['llm']}", f"{row['best_embedding_model']} + {row['best_llm']}"
+        if row["ci_high"] < 0 or row["ci_low"] > 0:
+            side = "worse" if row["ci_high"] < 0 else "better"
+            sentences.append(
+                f"{row['metric']}: {who} is {side} than the best, {best}, on these {row['n_paired']} questions ({diff}), but not "
+                f"after correcting for {family[row['metric']]} comparisons (Holm-adjusted p = {row['p_value']:.3f}); {need}"
+            )
+        else:
+            sentences.append(f"{row['metric']}: {who} is tied with the best, {best} ({diff}); {need}")
     return sentences or ["every difference from the best is real, on every metric (no ties)"]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import stats
+from . import fmt, stats
 from .comparisons import compare_to_best, diagnose
 from .events import Event
 from .fmt import gb, is_nan
@@ -37,6 +37,8 @@ class RunReport:
     repeats: dict[tuple, list[float]] = field(default_factory=dict)  # (retriever, llm, question, metric) -> value per repeat
     comparisons: list[dict[str, Any]] = field(default_factory=list)  # every combination against the best, per metric (comparisons.csv)
     diagnosis: list[dict[str, Any]] = field(default_factory=list)  # closed book → retriever → oracle, per LLM
+    judge_check: list[str] = field(default_factory=list)  # the stored judge check of this run's judge, or how to make one
+    corrections: list[dict[str, Any]] = field(default_factory=list)  # per combination and metric with labels: PPI vs judge
 
     @property
     def judge_repeats(self) -> int:
@@ -67,9 +69,11 @@ def load_report(store: Store, run_id: str) -> RunReport:
             values = repeats.get((row["embedding_model"], row["llm"], row["question_id"], metric))
             row[metric] = None if values is None else _nanmean(values)
     summary = summarize(samples, repeats)
-    return RunReport(
+    corrections = correct_by_labels(summary, samples, store.labels(run_id))
+    run = store.run(run_id) or {}
+    report = RunReport(
         run_id,
-        store.run(run_id) or {},
+        run,
         samples,
         summary,
         store.snapshots(run_id),
@@ -78,7 +82,93 @@ def load_report(store: Store, run_id: str) -> RunReport:
         repeats,
         compare_to_best(samples),
         diagnose(samples),
+        judge_check_lines(store, run.get("plan") or {}),
+        corrections,
     )
+    return report
+
+
+def judge_check_lines(store: Store, plan: dict[str, Any]) -> list[str]:
+    """What a report says about its judge: the latest stored check of that judge identity per metric, or how to check it."""
+    judge, identity = plan.get("judge"), plan.get("judge_identity")
+    if not judge:
+        return []
+    check = store.judge_check(identity) if identity else None
+    if check is None:
+        return [
+            f"judge {judge} was never checked against labelled answers — run: python src/benchmark.py judge-check --judge {judge} "
+            "(with this run's other judge flags) to see how well it separates good answers from bad"
+        ]
+    return [
+        f"judge {judge}: {r['metric']} AUROC {_two(r['auroc'])} [{_two(r['auroc_ci_low'])}, {_two(r['auroc_ci_high'])}] "
+        f"on {r['n']} labelled items ({r['verdict']}; {check['check_id']})"
+        for r in check["rows"]
+    ]
+
+
+CORRECTION_HEADERS = ["retriever", "LLM", "metric", "judge", "corrected by your labels", "labels", "more labels to halve it", "ranking"]
+CORRECTION_NOTE = (
+    "Prediction-powered inference (PPI++, Angelopoulos et al. 2023): your labels correct the judge's bias, and the judge's "
+    "scores of the samples you did not label narrow the interval as far as it agrees with you. Both intervals are 95 %; "
+    "with every sample labelled the corrected score is your labels' mean."
+)
+
+
+def correction_cells(row: dict[str, Any]) -> list[str]:
+    """One row of the corrections table (report.md and report.html)."""
+    found = row["corrected"]
+    more = found.more_labels_to_halve
+    halve = (
+        "-"
+        if is_nan(found.low)
+        else (f"about {more}" if more is not None else "not by labels: the unlabelled samples' spread dominates; more questions would")
+    )
+    judge = fmt.interval(row["judge"], row["metric"])
+    ranking = "changed after correction" if row["rank_changed"] else ""
+    return [row["embedding_model"], row["llm"], row["metric"], judge, fmt.estimate(found), str(found.n), halve, ranking]
+
+
+def _two(value: float | None) -> str:
+    return "NaN" if value is None or is_nan(value) else f"{value:.2f}"
+
+
+def correct_by_labels(summary: list[dict[str, Any]], samples: list[dict[str, Any]], labels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scores corrected by a person's labels (PPI++): `<metric>_ppi`, its interval and `_ppi_n` join each summary row that has
+    labels; the returned rows say, per combination and metric, the judge's score beside the corrected one, how many more
+    labels would halve the interval, and whether the combination's rank among the labelled ones changed."""
+    if not labels:
+        return []
+    given = {(x["embedding_model"], x["llm"], x["question_id"], x["metric"]): x["label"] for x in labels}
+    rows = []
+    for entry in summary:
+        combo = (entry["embedding_model"], entry["llm"])
+        for metric in JUDGE_METRICS:
+            judged = [
+                (r["question_id"], r[metric])
+                for r in samples
+                if (r["embedding_model"], r["llm"]) == combo and not r["error"] and r[metric] is not None and not is_nan(r[metric])
+            ]
+            labelled = [(given[(*combo, q, metric)], value) for q, value in judged if (*combo, q, metric) in given]
+            if not labelled:
+                continue
+            unlabelled = [value for q, value in judged if (*combo, q, metric) not in given]
+            found = stats.corrected_mean(*(np.array(column) for column in zip(*labelled, strict=True)), np.array(unlabelled))
+            entry.update(
+                {
+                    f"{metric}_ppi": found.mean,
+                    f"{metric}_ppi_ci_low": found.low,
+                    f"{metric}_ppi_ci_high": found.high,
+                    f"{metric}_ppi_n": found.n,
+                }
+            )
+            rows.append({"embedding_model": combo[0], "llm": combo[1], "metric": metric, "judge": entry, "corrected": found})
+    for metric in JUDGE_METRICS:
+        ranked = [r for r in rows if r["metric"] == metric]
+        by_judge = sorted(ranked, key=lambda r: -r["judge"][metric])
+        by_labels = sorted(ranked, key=lambda r: -r["corrected"].mean)
+        for row in ranked:
+            row["rank_changed"] = len(ranked) > 1 and by_judge.index(row) != by_labels.index(row)
+    return rows
 
 
 def summarize(samples: list[dict[str, Any]], repeats: dict[tuple, list[float]] | None = None) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import comparisons, plots
 from .events import Event
-from .findings import RunReport, fault_lines, memory_findings
+from .findings import CORRECTION_HEADERS, CORRECTION_NOTE, RunReport, correction_cells, fault_lines, memory_findings
 from .fmt import is_nan
 from .memory import bytes_in_use
 from .metrics import ANSWER_METRICS, JUDGE_METRICS, RETRIEVAL_METRICS
@@ -56,6 +56,7 @@ def render_html(report: RunReport, baseline: RunReport | None = None) -> str:
             + _list(comparisons.tie_sentences(report.comparisons) if report.comparisons else ["fewer than two ranked combinations"]),
         ),
         _diagnosis(report),
+        _judge_trust(report),
         _heatmaps(report),
         _tradeoffs(rows, report.judged),
         _memory(report, memory),
@@ -129,6 +130,17 @@ def _diagnosis(report: RunReport) -> str:
     return _section(
         "Where the weakness is: retriever or LLM", _table(comparisons.DIAGNOSIS_HEADERS, rows) + (_list(warnings) if warnings else "")
     )
+
+
+def _judge_trust(report: RunReport) -> str:
+    """Can this judge be trusted? Its stored judge check, and the scores corrected by the user's labels."""
+    if not report.judge_check and not report.corrections:
+        return ""
+    content = _list(report.judge_check)
+    if report.corrections:
+        content += f'<h3>Scores corrected by your labels</h3><p class="muted">{escape(CORRECTION_NOTE)}</p>'
+        content += _table(CORRECTION_HEADERS, [correction_cells(row) for row in report.corrections])
+    return _section("Can this judge be trusted?", content)
 
 
 def _heatmaps(report: RunReport) -> str:

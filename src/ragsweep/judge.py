@@ -190,12 +190,12 @@ def cells_for(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> li
                 if only_failed and (retriever, sample["llm"], sample["question_id"], metric, repeat) not in failed:
                     continue
                 cells.append(
-                    Cell(retriever, sample["llm"], sample["question_id"], metric, repeat, inputs, _cell_key(spec, metric, inputs, repeat))
+                    Cell(retriever, sample["llm"], sample["question_id"], metric, repeat, inputs, cell_key(spec, metric, inputs, repeat))
                 )
     return cells
 
 
-def _cell_key(spec: JudgeSpec, metric: str, inputs: dict, repeat: int) -> str:
+def cell_key(spec: JudgeSpec, metric: str, inputs: dict, repeat: int) -> str:
     """Judge identity + metric + exact inputs; repeat 0 keeps the key judgements had before repeats existed."""
     again = f"|repeat={repeat}" if repeat else ""
     return hashlib.sha256(f"{spec.identity}|{metric}|{json.dumps(inputs, sort_keys=True)}{again}".encode()).hexdigest()
@@ -226,9 +226,10 @@ def judging_beside(ctx: RunContext, spec: JudgeSpec | None) -> Iterator[Judging 
         raise
 
 
-def judge(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> Usage:
-    """Judge every cell not cached, all at once (after generation: an Ollama judge alone in memory, or --retry-failed)."""
-    judging = Judging(ctx, spec, only_failed)
+def judge(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False, cells: list[Cell] | None = None) -> Usage:
+    """Judge every cell not cached, all at once (after generation: an Ollama judge alone in memory, --retry-failed, or
+    the given `cells` of a judge check)."""
+    judging = Judging(ctx, spec, only_failed, source=(lambda: cells) if cells is not None else None)
     if judging.todo_now():
         with _resident_judge(ctx, spec):
             judging.start(answers_done=True)

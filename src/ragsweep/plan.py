@@ -64,13 +64,7 @@ class Plan:
         return self.samples * (6 + self.top_k) * self.judge.repeats if self.judge else 0
 
     def judge_cost_usd(self) -> float | None:
-        """A rough estimate from LiteLLM's price list; None when it does not know the model."""
-        if not self.judge:
-            return None
-        price = price_per_token(self.judge.model)
-        if price is None:
-            return None
-        return self.judge_calls * (JUDGE_PROMPT_TOKENS * price[0] + JUDGE_COMPLETION_TOKENS * price[1])
+        return judge_cost_usd(self.judge, self.judge_calls) if self.judge else None
 
     @property
     def samples(self) -> int:
@@ -265,6 +259,22 @@ def print_plan(plan: Plan, platform: PlatformConfig, console: Console) -> None:
             ),
             markup=False,
         )
+
+
+JUDGE_CALLS = {"faithfulness": 2, "answer_relevancy": 3, "context_recall": 1}  # context_precision: one call per passage
+
+
+def judge_calls(metric: str, passages: int) -> int:
+    """The judge LLM calls one cell of `metric` makes (answer_relevancy adds an embedding call)."""
+    return JUDGE_CALLS.get(metric, passages)
+
+
+def judge_cost_usd(judge: JudgeSpec, calls: int) -> float | None:
+    """A rough estimate from LiteLLM's price list; None when it does not know the model."""
+    price = price_per_token(judge.model)
+    if price is None:
+        return None
+    return calls * (JUDGE_PROMPT_TOKENS * price[0] + JUDGE_COMPLETION_TOKENS * price[1])
 
 
 def judge_schedule(judge: JudgeSpec) -> str:

@@ -6,7 +6,6 @@ from html_report). events.jsonl and run.json are written while the run goes.
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from collections import Counter
@@ -21,12 +20,24 @@ from . import comparisons, stats
 from .comparisons import COMPARISON_COLUMNS
 from .errors import CONTEXT_OVERFLOW
 from .events import Event
-from .findings import MEAN_COLUMNS, RunReport, fault_lines, judge_usage, load_report, memory_findings
+from .findings import (
+    CORRECTION_HEADERS,
+    CORRECTION_NOTE,
+    MEAN_COLUMNS,
+    RunReport,
+    correction_cells,
+    fault_lines,
+    judge_check_lines,
+    judge_usage,
+    load_report,
+    memory_findings,
+)
 from .fmt import gb, interval, is_nan, number, plus_minus
 from .html_report import render_html
 from .metrics import JUDGE_METRICS
 from .redact import redact
 from .store import Store
+from .tables import md_cell, md_table, write_csv
 from .terminal import plain, without_controls
 
 if TYPE_CHECKING:
@@ -77,14 +88,15 @@ def write_exports(store: Store, run_id: str, run_dir: Path, baseline_id: str | N
     """samples.csv, summary.csv, memory.csv, judge_errors.csv, report.md and report.html of one run."""
     report = load_report(store, run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(run_dir / "samples.csv", SAMPLE_COLUMNS, report.samples)
-    _write_csv(run_dir / "summary.csv", list(report.summary[0]) if report.summary else ["embedding_model", "llm"], report.summary)
-    _write_csv(run_dir / "comparisons.csv", COMPARISON_COLUMNS, report.comparisons)
+    write_csv(run_dir / "samples.csv", SAMPLE_COLUMNS, report.samples)
+    columns = list(dict.fromkeys(key for row in report.summary for key in row)) or ["embedding_model", "llm"]  # PPI: labelled rows only
+    write_csv(run_dir / "summary.csv", columns, report.summary)
+    write_csv(run_dir / "comparisons.csv", COMPARISON_COLUMNS, report.comparisons)
     if report.judge_repeats > 1:
-        _write_csv(run_dir / "judge_repeats.csv", JUDGE_REPEAT_COLUMNS, judge_repeat_rows(report))
-    _write_csv(run_dir / "memory.csv", list(report.snapshots[0]) if report.snapshots else ["stage"], report.snapshots)
+        write_csv(run_dir / "judge_repeats.csv", JUDGE_REPEAT_COLUMNS, judge_repeat_rows(report))
+    write_csv(run_dir / "memory.csv", list(report.snapshots[0]) if report.snapshots else ["stage"], report.snapshots)
     if report.judged:
-        _write_csv(run_dir / "judge_errors.csv", JUDGE_ERROR_COLUMNS, report.judge_errors)
+        write_csv(run_dir / "judge_errors.csv", JUDGE_ERROR_COLUMNS, report.judge_errors)
     (run_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
     baseline = load_report(store, baseline_id) if baseline_id else None
     (run_dir / "report.html").write_text(render_html(report, baseline), encoding="utf-8")
@@ -100,13 +112,24 @@ def what_this_run_can_tell(report: RunReport) -> list[str]:
     return lines + [f"- {sentence}" for sentence in comparisons.tie_sentences(report.comparisons)]
 
 
+def judge_trust_lines(report: RunReport) -> list[str]:
+    """Can this judge be trusted? Its stored judge check, and the scores corrected by the user's labels (report --labels)."""
+    if not report.judge_check and not report.corrections:
+        return []
+    lines = ["## Can this judge be trusted?", "", *(f"- {md_cell(line)}" for line in report.judge_check)]
+    if report.corrections:
+        lines += ["", "### Scores corrected by your labels", "", CORRECTION_NOTE, ""]
+        lines += md_table(CORRECTION_HEADERS, [correction_cells(row) for row in report.corrections])
+    return lines
+
+
 def diagnosis_lines(report: RunReport) -> list[str]:
     """Where the weakness is: closed book → retriever → oracle per LLM, with the gain and the headroom."""
     lines = ["## Where the weakness is: retriever or LLM", ""]
     if not report.diagnosis:
         return lines + ["- add the baselines to see it: --embeddings ...,oracle,none (oracle: the reference passages; none: closed book)"]
     rows = [comparisons.diagnosis_cells(d) for d in report.diagnosis]
-    lines += _md_table(comparisons.DIAGNOSIS_HEADERS, rows)
+    lines += md_table(comparisons.DIAGNOSIS_HEADERS, rows)
     for d in report.diagnosis:
         if d["contamination"]:
             closed = f"{d['closed_book'].mean:.2f} {d['metric']}"
@@ -131,16 +154,17 @@ def throughput_lines(report: RunReport) -> list[str]:
         for e in report.events
         if e["event"] == Event.THROUGHPUT
     ]
-    lines += _md_table(["LLM", "requests in flight", "vs one stream", "answers/s", "tokens/s (all streams)"], rows) if rows else []
-    lines += [f"\n- {_md(e['model'])}: {e['advice']}" for e in report.events if e["event"] == Event.THROUGHPUT and e.get("advice")]
+    lines += md_table(["LLM", "requests in flight", "vs one stream", "answers/s", "tokens/s (all streams)"], rows) if rows else []
+    lines += [f"\n- {md_cell(e['model'])}: {e['advice']}" for e in report.events if e["event"] == Event.THROUGHPUT and e.get("advice")]
     num_ctx = (report.run.get("plan") or {}).get("num_ctx") or {}
     overflow = Counter(row["llm"] for row in report.samples if row.get("cause") == CONTEXT_OVERFLOW)
     lines += [
-        f"\n- {_md(llm)}: {n} prompts did not fit num_ctx {num_ctx.get(llm)}: raise num_ctx or lower top_k" for llm, n in overflow.items()
+        f"\n- {md_cell(llm)}: {n} prompts did not fit num_ctx {num_ctx.get(llm)}: raise num_ctx or lower top_k"
+        for llm, n in overflow.items()
     ]
     cut = Counter(row["llm"] for row in report.samples if row.get("prompt_cut"))
     lines += [
-        f"\n- {_md(llm)}: {n} answers came from a prompt that filled num_ctx {num_ctx.get(llm)}: the server probably cut it "
+        f"\n- {md_cell(llm)}: {n} answers came from a prompt that filled num_ctx {num_ctx.get(llm)}: the server probably cut it "
         "(prompt_cut in samples.csv; servers before Ollama 0.12.6 cut silently) — raise num_ctx or lower top_k"
         for llm, n in cut.items()
     ]
@@ -175,7 +199,7 @@ def judge_noise_lines(report: RunReport) -> list[str]:
         width = max((len(v) for v in cells), default=0)
         sd, share = stats.judge_noise(np.array([v + [math.nan] * (width - len(v)) for v in cells])) if cells else (math.nan, math.nan)
         rows.append([metric, number(sd), "-" if is_nan(share) else f"{share:.0%}"])
-    return lines + _md_table(["metric", "within-cell SD", "share of the interval's variance"], rows)
+    return lines + md_table(["metric", "within-cell SD", "share of the interval's variance"], rows)
 
 
 def judge_repeat_rows(report: RunReport) -> list[dict[str, Any]]:
@@ -197,11 +221,6 @@ def judge_repeat_rows(report: RunReport) -> list[dict[str, Any]]:
     return rows
 
 
-def _md(text: Any) -> str:
-    """User text in Markdown: a '|' would split a table cell, and '<' would start HTML in every viewer that renders it."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
-
-
 def render_markdown(report: RunReport) -> str:
     metrics = [c for c in MEAN_COLUMNS if report.judged or c not in JUDGE_METRICS]
     memory = memory_findings(report)
@@ -212,7 +231,7 @@ def render_markdown(report: RunReport) -> str:
         "## Summary (means per embedding model × LLM, 95 % bootstrap intervals over questions)",
         "",
     ]
-    lines += _md_table(
+    lines += md_table(
         ["embedding_model", "llm", "answered", "failed", f"vs best ({comparisons.HEADLINE})", *metrics],
         [
             [
@@ -227,6 +246,7 @@ def render_markdown(report: RunReport) -> str:
         ],
     )
     lines += ["", *what_this_run_can_tell(report), "", *diagnosis_lines(report), "", *throughput_lines(report)]
+    lines += ["", *judge_trust_lines(report)] if report.judge_check or report.corrections else []
     if report.judged:
         lines += [
             "",
@@ -236,7 +256,7 @@ def render_markdown(report: RunReport) -> str:
             "",
         ]
         usage = judge_usage(report)
-        lines += _md_table(
+        lines += md_table(
             ["metric", "cells", "NaN", "NaN rate", "cached", "prompt tokens", "completion tokens", "cost USD"],
             [
                 [
@@ -273,22 +293,22 @@ def render_markdown(report: RunReport) -> str:
         ]
     if memory["boxes"]:
         lines += ["", "### Per box", ""]
-        lines += _md_table(["box", "peak GB", "highest after an unload GB", "peak and baseline targets"], memory["boxes"])
+        lines += md_table(["box", "peak GB", "highest after an unload GB", "peak and baseline targets"], memory["boxes"])
     if len(memory["cards"]) > 1:
         lines += ["", "### Peak per card", ""]
-        lines += _md_table(
+        lines += md_table(
             ["card (NVML index)", "peak GB", "of GB"], [[i, gb(peak), gb(total)] for i, (peak, total) in sorted(memory["cards"].items())]
         )
     lines += ["", "### Peak per stage", ""]
-    lines += _md_table(["stage", "peak GB"], [[stage, gb(peak)] for stage, peak in memory["peaks"].items()])
+    lines += md_table(["stage", "peak GB"], [[stage, gb(peak)] for stage, peak in memory["peaks"].items()])
     lines += ["", "### After each unload", ""]
-    lines += _md_table(["stage", "model", "GB in use"], [[stage, model, gb(level)] for stage, model, level in memory["baselines"]])
+    lines += md_table(["stage", "model", "GB in use"], [[stage, model, gb(level)] for stage, model, level in memory["baselines"]])
     lines += ["", f"### Model loads ({len(memory['loads'])})", ""]
-    lines += _md_table(["stage", "model", "load s"], [[stage, model, number(seconds)] for stage, model, seconds in memory["loads"]])
+    lines += md_table(["stage", "model", "load s"], [[stage, model, number(seconds)] for stage, model, seconds in memory["loads"]])
     lines += ["", "## Faults and recoveries", ""]
-    lines += [f"- {_md(line)}" for line in fault_lines(report)] or ["- none"]
+    lines += [f"- {md_cell(line)}" for line in fault_lines(report)] or ["- none"]
     lines += ["", "## Skipped and failed", ""]
-    lines += [f"- {_md(note)}" for note in report.notes] or ["- nothing"]
+    lines += [f"- {md_cell(note)}" for note in report.notes] or ["- nothing"]
     return "\n".join(lines) + "\n"
 
 
@@ -318,34 +338,11 @@ def print_outcome(run: RunContext, console: Console) -> None:
         for event in run.store.events(run.run_id):
             if event["event"] == Event.MEMORY_NOT_RELEASED:
                 console.print(without_controls(f"note: {event['model'] or 'clean-up'}: {event['message']}"), markup=False, highlight=False)
+        for line in judge_check_lines(run.store, run.store.run(run.run_id)["plan"]):
+            console.print(f"note: {without_controls(line)}", markup=False, highlight=False)
         unjudged = sum(1 for j in run.store.judgements(run.run_id) if j["value"] is None)
         if unjudged:
             console.print(f"note: {unjudged} judge cells failed (NaN): see judge_errors.csv; retry them with --retry-failed")
     elif run.outcome.resumable and run.outcome.reason:  # cron's mail: why it stopped, above the closing line
         print(f"ragsweep: {without_controls(redact(run.outcome.reason))}", file=sys.stderr)
     print(without_controls(run.outcome.line(run.run_id, run.timings.get("wall_s", 0.0), run.run_dir)))
-
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so (OWASP: CSV injection)
-
-
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
-
-
-def _csv_cell(value: Any) -> Any:
-    """Empty for absent and NaN; text that a spreadsheet would run as a formula gets a leading quote (the store keeps it raw)."""
-    if value is None or is_nan(value):
-        return ""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
-def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
-    """A Markdown table; a '|' inside a cell (a model path, a question) is escaped so it cannot split the cell."""
-    head = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return head + ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows]

@@ -138,6 +138,24 @@ def open_run(
         _close(ctx, plan, stop)
 
 
+@contextmanager
+def open_check(settings: Settings, platform: PlatformConfig, backend: Backend, store: Store, check_id: str, quiet: bool = False):
+    """A judge check: a run's lock, logs, signals and clean way out (no model left resident), without a run's samples,
+    status or exports (it is not a run: `report` and --retry-failed never pick it)."""
+    with results_lock(settings.results_dir, check_id):
+        ctx = _start(check_id, settings, platform, backend, store, quiet)
+        try:
+            with stop_on_signals():
+                yield ctx
+                raise_if_signalled()
+        finally:
+            try:
+                for info in backend.loaded():
+                    backend.unload(info.name)
+            finally:
+                ctx.log.close()
+
+
 def _start(run_id: str, settings: Settings, platform: PlatformConfig, backend: Backend, store: Store, quiet: bool) -> RunContext:
     run_dir = settings.results_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

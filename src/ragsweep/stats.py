@@ -9,6 +9,7 @@ Read by the report only.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -129,6 +130,127 @@ def holm(p_values: np.ndarray) -> np.ndarray:
     adjusted = np.empty_like(p)
     adjusted[order] = np.minimum(scaled, 1.0)
     return adjusted
+
+
+@dataclass(frozen=True)
+class Separation:
+    """How well scores separate items labelled 1 from items labelled 0 (a judge check, per metric)."""
+
+    n: int
+    positives: int
+    auroc: float  # P(a random positive scores above a random negative), ties half; NaN without both classes
+    low: float  # 95 % stratified bootstrap interval; NaN below MIN_PER_CLASS items of either class
+    high: float
+    balanced_accuracy: float  # (true-positive rate + true-negative rate) / 2, a score >= threshold read as "high"
+    threshold: float
+
+    @property
+    def verdict(self) -> str:
+        """Read from the interval alone, so a verdict never contradicts the interval beside it."""
+        if math.isnan(self.low):
+            return "too few labelled items"
+        if self.low > 0.5:
+            return "agrees"
+        return "inverted" if self.high < 0.5 else "no better than chance"
+
+
+MIN_PER_CLASS = 5  # labelled items of each class below which a judge check gives no interval
+THRESHOLD = 0.5  # a judged score at or above this reads as "high" (balanced accuracy)
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The area under the ROC curve (Mann-Whitney U / n1 n0, ties counted half); NaN without both classes."""
+    found = _aurocs(np.asarray(scores, dtype=np.float64)[None, :], np.asarray(labels, dtype=bool)[None, :])
+    return float(found[0])
+
+
+def separation(scores: np.ndarray, labels: np.ndarray, threshold: float = THRESHOLD, seed: int = SEED) -> Separation:
+    """AUROC with a stratified bootstrap interval (positives and negatives resampled apart, so each resample has both),
+    and balanced accuracy at `threshold`. NaN scores (failed judge cells) are left out."""
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    usable = ~np.isnan(scores)
+    scores, labels = scores[usable], labels[usable]
+    positives, negatives = scores[labels], scores[~labels]
+    area = auroc(scores, labels)
+    low = high = math.nan
+    if min(len(positives), len(negatives)) >= MIN_PER_CLASS:
+        rng = np.random.default_rng(seed)
+        drawn = np.concatenate(
+            [
+                positives[rng.integers(0, len(positives), (RESAMPLES, len(positives)))],
+                negatives[rng.integers(0, len(negatives), (RESAMPLES, len(negatives)))],
+            ],
+            axis=1,
+        )
+        which = np.concatenate([np.ones(len(positives), bool), np.zeros(len(negatives), bool)])
+        low, high = (
+            float(x) for x in np.percentile(_aurocs(drawn, np.broadcast_to(which, drawn.shape)), [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
+        )
+    rates = [
+        np.mean(positives >= threshold) if len(positives) else math.nan,
+        np.mean(negatives < threshold) if len(negatives) else math.nan,
+    ]
+    return Separation(len(scores), len(positives), area, low, high, float(np.mean(rates)), threshold)
+
+
+def _aurocs(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Row by row: the AUROC of scores[r] against labels[r] (average ranks for ties)."""
+    from scipy.stats import rankdata
+
+    n1 = labels.sum(axis=1)
+    n0 = labels.shape[1] - n1
+    ranks = rankdata(scores, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * labels).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+@dataclass(frozen=True)
+class Corrected:
+    """A judged mean corrected by a person's labels (prediction-powered inference, PPI++)."""
+
+    mean: float
+    low: float  # 95 %; NaN below MIN_QUESTIONS labels
+    high: float
+    n: int  # labelled samples that also have a judged score
+    more_labels_to_halve: int | None  # about how many more labels would halve the interval; None: labels alone cannot
+
+
+def corrected_mean(labels: np.ndarray, judged_labelled: np.ndarray, judged_unlabelled: np.ndarray) -> Corrected:
+    """PPI++ for a mean (Angelopoulos, Duchi, Zrnic 2023, via ppi-python): the labels' mean plus λ × the judge's view of the
+    unlabelled samples, minus λ × its view of the labelled ones. λ is tuned for the narrowest interval and lies in
+    [0, 1], so a judge that says nothing (λ = 0) leaves the labels alone, never a wider interval than theirs. With every
+    sample labelled it is the labels' mean."""
+    from ppi_py import classical_mean_ci, ppi_mean_ci, ppi_mean_pointestimate
+
+    y, f, f_unlabelled = (np.asarray(a, dtype=np.float64) for a in (labels, judged_labelled, judged_unlabelled))
+    n, big_n = len(y), len(f_unlabelled)
+    if n == 0:
+        return Corrected(math.nan, math.nan, math.nan, 0, None)
+    alpha = 1 - LEVEL
+    lam = _power_tuning(y, f, f_unlabelled)
+    if big_n == 0:
+        mean, (low, high) = float(y.mean()), classical_mean_ci(y, alpha=alpha) if n >= 2 else (math.nan, math.nan)
+    else:
+        mean = float(np.squeeze(ppi_mean_pointestimate(y, f, f_unlabelled, lam=lam)))
+        low, high = (float(np.squeeze(x)) for x in ppi_mean_ci(y, f, f_unlabelled, alpha=alpha, lam=lam))
+    if n < MIN_QUESTIONS:
+        return Corrected(mean, math.nan, math.nan, n, None)
+    # the interval's variance: λ² Var(judge) / N + Var(label - λ judge) / n; halving it needs a quarter of the variance
+    judge_part = lam**2 * float(np.var(f_unlabelled)) / big_n if big_n else 0.0
+    label_part = float(np.var(y - lam * f))
+    target = (label_part / n + judge_part) / 4 - judge_part
+    more = math.ceil(label_part / target - n - 1e-9) if target > 0 else None  # 1e-9: 4n - n is 3n, not 3n + 1
+    return Corrected(mean, float(low), float(high), n, more)
+
+
+def _power_tuning(y: np.ndarray, f: np.ndarray, f_unlabelled: np.ndarray) -> float:
+    """PPI++'s λ for a mean: Cov(label, judge) / ((1 + n/N) Var(judge over all samples)), clipped to [0, 1]; 0 when N = 0."""
+    n, big_n = len(y), len(f_unlabelled)
+    spread = float(np.var(np.concatenate([f, f_unlabelled]), ddof=1)) if n + big_n > 1 else 0.0
+    if big_n == 0 or n < 2 or spread == 0:
+        return 0.0
+    covariance = float(np.mean((y - y.mean()) * (f - f.mean())))
+    return float(np.clip(covariance / ((1 + n / big_n) * spread), 0.0, 1.0))
 
 
 def _resampled_means(values: np.ndarray, usable: np.ndarray, counts: np.ndarray) -> np.ndarray:

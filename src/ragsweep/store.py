@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import ConfigError, StorageError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 LOCK_TIMEOUT_S = 30  # how long a write waits for another program's lock on the database
 
 # Numbered migrations: MIGRATIONS[n] takes a database from version n to n + 1.
@@ -88,6 +88,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE answers ADD COLUMN queued_s REAL;
     ALTER TABLE answers ADD COLUMN prompt_cut INTEGER;
+    """,
+    # v5: can this judge be trusted? A judge check's per-metric table, kept against the judge's identity (every later
+    # sweep by that identity shows it), and a person's labels of a run's samples (the report corrects scores by them).
+    """
+    CREATE TABLE judge_checks (
+        check_id TEXT PRIMARY KEY, judge TEXT, judge_identity TEXT, created_at REAL, labels TEXT, rows_json TEXT
+    );
+    CREATE TABLE labels (
+        run_id TEXT, embedding_model TEXT, llm TEXT, question_id TEXT, metric TEXT, label REAL,
+        PRIMARY KEY (run_id, embedding_model, llm, question_id, metric)
+    );
     """,
 ]
 
@@ -303,6 +314,28 @@ class Store:
     def latest_run_id(self) -> str | None:
         row = self.db.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
         return row[0] if row else None
+
+    # what people said ---------------------------------------------------------------------
+    def put_judge_check(self, check_id: str, judge: str, identity: str, labels: str, rows: list[dict[str, Any]]) -> None:
+        row = (check_id, judge, identity, time.time(), labels, json.dumps(rows))
+        self.db.execute("INSERT OR REPLACE INTO judge_checks VALUES (?, ?, ?, ?, ?, ?)", row)
+
+    def judge_check(self, identity: str) -> dict[str, Any] | None:
+        """The latest judge check of this judge identity, or None when it was never checked."""
+        row = self.db.execute(
+            "SELECT * FROM judge_checks WHERE judge_identity = ? ORDER BY created_at DESC LIMIT 1", (identity,)
+        ).fetchone()
+        return {**dict(row), "rows": json.loads(row["rows_json"])} if row else None
+
+    def put_labels(self, run_id: str, labels: Iterable[tuple[str, str, str, str, float]]) -> None:
+        """A person's labels of a run's samples (embedding model, LLM, question id, metric, label in [0, 1]): a later file
+        with the same sample and metric replaces the label."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?)", [(run_id, *label) for label in labels])
+
+    def labels(self, run_id: str) -> list[dict[str, Any]]:
+        return [dict(row) for row in self.db.execute("SELECT * FROM labels WHERE run_id = ? ORDER BY rowid", (run_id,))]
 
     # log ----------------------------------------------------------------------------------
     def add_event(self, run_id: str, seq: int, event: dict[str, Any]) -> None:

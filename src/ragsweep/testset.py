@@ -42,8 +42,8 @@ QUESTION_FIELDS = {"id": str, "question": str, "reference": str, "reference_cont
 def load_corpus(path: Path) -> list[Document]:
     documents: list[Document] = []
     seen: set[str] = set()
-    for where, row in _rows(path):
-        _check_fields(row, CORPUS_FIELDS, where, optional={"title"})
+    for where, row in read_rows(path):
+        check_fields(row, CORPUS_FIELDS, where, optional={"title"})
         if row["id"] in seen:
             raise InputError(f"{where}: duplicate corpus id {shown(row['id'])}")
         seen.add(row["id"])
@@ -57,8 +57,8 @@ def load_questions(path: Path, corpus_ids: set[str], limit: int | None = None) -
     """All questions validated (so a bad line is found before hours of work), then the first `limit`."""
     questions: list[Question] = []
     seen: set[str] = set()
-    for where, row in _rows(path):
-        _check_fields(row, QUESTION_FIELDS, where)
+    for where, row in read_rows(path):
+        check_fields(row, QUESTION_FIELDS, where)
         if row["id"] in seen:
             raise InputError(f"{where}: duplicate question id {shown(row['id'])}")
         seen.add(row["id"])
@@ -74,7 +74,7 @@ def load_questions(path: Path, corpus_ids: set[str], limit: int | None = None) -
     return questions[:limit] if limit else questions
 
 
-def _rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """(location, row) pairs; location is 'file:line' for JSONL, 'file: row N' otherwise. A file the OS will not let us
     read is one line too."""
     try:
@@ -215,7 +215,7 @@ def _parse_id_list(text: str, where: str) -> list[str]:
     return [_whole_number_as_text(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
-def _check_fields(row: dict[str, Any], fields: dict[str, type], where: str, optional: set[str] = frozenset()) -> None:
+def check_fields(row: dict[str, Any], fields: dict[str, type], where: str, optional: set[str] = frozenset()) -> None:
     for name, kind in fields.items():
         if name not in row or row[name] is None:
             if name in optional:
