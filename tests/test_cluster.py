@@ -274,7 +274,7 @@ def test_a_move_whose_bigger_box_dies_waits_for_a_bigger_box(scheduler, tmp_path
     """qwen2.5:7b moves from the 5 GB box to box-big, which dies before it runs it. box-big-2 joins and answers; or none
     does, and after cluster_wait_s qwen's samples fail with where it went."""
     config = tmp_path / "run.yaml"
-    config.write_text("cluster_wait_s: 3\n")
+    config.write_text(f"cluster_wait_s: {30 if another_joins else 3}\n")  # a box's start takes seconds on a loaded machine
     with OllamaEmulator(total_vram=5 * 1024**3, system_ram=1024**3) as small, OllamaEmulator() as big, OllamaEmulator() as later:
         with killed_at_end(
             {"box-small": start_box(scheduler, "box-small", small), "box-big": start_box(scheduler, "box-big", big)}
