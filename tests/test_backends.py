@@ -56,5 +56,5 @@ def test_a_registered_backend_runs_a_whole_sweep_from_the_command_line(echo_regi
 def test_the_registry_feeds_the_config_and_the_cli_choices(echo_registered):
     assert load_settings(None, {"backend": "echo"}, environ={}).backend == "echo"
     assert "echo" in benchmark.cli.build_parser()._option_string_actions["--backend"].choices
-    with pytest.raises(ConfigError, match=r"--backend: unknown backend 'nope' \(known: local, ollama, echo\)"):
+    with pytest.raises(ConfigError, match=r"--backend: unknown backend 'nope' \(known: local, ollama, server, echo\)"):
         load_settings(None, {"backend": "nope"}, environ={})

@@ -57,7 +57,9 @@ def test_bad_value_names_its_origin(tmp_path):
         load_settings(config, {}, environ={})
     with pytest.raises(ConfigError, match=r"--top-k: Input should be greater than or equal to 1"):
         load_settings(None, {"top_k": -1}, environ={})
-    with pytest.raises(ConfigError, match=r"environment variable RAGSWEEP_BACKEND: unknown backend 'vllm' \(known: local, ollama\)"):
+    with pytest.raises(
+        ConfigError, match=r"environment variable RAGSWEEP_BACKEND: unknown backend 'vllm' \(known: local, ollama, server\)"
+    ):
         load_settings(write(tmp_path, ""), {}, environ={"RAGSWEEP_BACKEND": "vllm"})
 
 

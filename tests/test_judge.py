@@ -405,6 +405,13 @@ def test_a_judge_at_a_url_judges_while_the_llms_answer(tmp_path):
     (start,) = [e for e in events if e["stage"] == "judge" and e["event"] == "stage_start"]
     assert start["overlapped"] is True
     assert "- judge: ran beside generation for " in (latest(tmp_path) / "report.md").read_text()
+    assert "<p>judge: ran beside generation for " in (latest(tmp_path) / "report.html").read_text()
+    from ragsweep.findings import load_report
+    from ragsweep.html_report import stage_spans
+    from ragsweep.store import Store
+
+    generation, judging = stage_spans(load_report(Store(tmp_path / "ragsweep.sqlite", create=False), latest(tmp_path).name), 0.0)
+    assert (generation[2], judging[2]) == ("generation", "judge calls") and judging[0] < generation[1]  # the timeline's overlap
     samples = rows(latest(tmp_path) / "samples.csv")
     assert len(samples) == 24 and all(s[m] for s in samples for m in METRICS)  # every cell judged, none lost to the overlap
 

@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", help="where runs and the results database go")
     p.add_argument("--ollama-host", help="Ollama server URL (default: OLLAMA_HOST or http://localhost:11434)")
     p.add_argument(
+        "--server-command", help="--backend server: launch one OpenAI-compatible server per model, e.g. 'vllm serve {model} --port {port}'"
+    )
+    p.add_argument("--server-url", help="--backend server: an OpenAI-compatible server someone else runs (its /v1/models are the names)")
+    p.add_argument(
+        "--server-start-timeout", dest="server_start_timeout_s", type=float, help="seconds a launched server may take to answer (600)"
+    )
+    p.add_argument(
         "--request-timeout", dest="request_timeout_s", type=float, help="watchdog per model call, seconds (default 120 + 2 per max token)"
     )
     p.add_argument("--max-failures", type=float, help="stop after N failed samples (or a share, e.g. 0.2)")

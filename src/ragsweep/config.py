@@ -38,6 +38,7 @@ ENV_VARS = {
     "RAGSWEEP_RESULTS_DIR": "results_dir",
     "OLLAMA_HOST": "ollama_host",
     "RAGSWEEP_CLUSTER": "cluster",
+    "RAGSWEEP_SERVER_URL": "server_url",
 }
 LIST_FIELDS = {"llms", "embeddings"}
 PATH_FIELDS = {"corpus", "testset", "results_dir"}
@@ -58,7 +59,10 @@ def scheduler_address(value: str) -> str:
 
 
 HOUR, WEEK = 3600, 7 * 24 * 3600  # the ceilings of durations: past them a timer overflows, and no night is that long
-FLAGS = {"request_timeout_s": "--request-timeout"}  # settings whose flag is not --NAME-WITH-DASHES
+FLAGS = {
+    "request_timeout_s": "--request-timeout",
+    "server_start_timeout_s": "--server-start-timeout",
+}  # settings whose flag is not --NAME-WITH-DASHES
 
 
 class Settings(BaseModel):
@@ -128,6 +132,10 @@ class Settings(BaseModel):
     cluster_tls_cert: Path | None = None
     cluster_tls_key: Path | None = None
     ollama_host: str = "http://localhost:11434"
+    # --backend server: launch one OpenAI-compatible server per model from this template ({model}, {port}, {host}) ...
+    server_command: str | None = None
+    server_url: str | None = None  # ... or use the one someone else runs at this URL (never stopped by ragsweep)
+    server_start_timeout_s: float = Field(default=600.0, gt=0, le=WEEK)  # a launched server must answer /v1/models by then
 
     @field_validator("max_failures")
     @classmethod
@@ -136,7 +144,7 @@ class Settings(BaseModel):
             raise ValueError("must be a whole number of failures (e.g. 5) or a share between 0 and 1 (e.g. 0.2)")
         return value
 
-    @field_validator("ollama_host", "judge_base_url")
+    @field_validator("ollama_host", "judge_base_url", "server_url")
     @classmethod
     def _url(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
@@ -147,7 +155,7 @@ class Settings(BaseModel):
             raise ValueError(f"not a valid URL ({error})") from None
         if url.scheme not in {"http", "https"}:
             raise ValueError(f"not an http:// or https:// URL (scheme {shown(url.scheme)})")
-        if info.field_name == "judge_base_url" and "://" not in value:  # LiteLLM takes it as written: no scheme, no call
+        if info.field_name in ("judge_base_url", "server_url") and "://" not in value:  # LiteLLM takes it as written: no scheme, no call
             raise ValueError("needs its scheme, e.g. http://127.0.0.1:8000/v1")
         return value
 

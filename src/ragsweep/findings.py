@@ -362,3 +362,19 @@ def fault_lines(report: RunReport) -> list[str]:
             step = f" [{e['step']}]" if e.get("step") else f" [attempt {e['attempt']}]" if e.get("attempt") else ""
             lines.append(f"{where}{e['event'].replace('_', ' ')}{step}: {str(detail)[:200]}".removesuffix(": "))
     return lines
+
+
+def judge_overlap_lines(report: RunReport) -> list[str]:
+    """When the judge ran beside generation: how much of it did, and the tail it left after the last answer."""
+    started = [e for e in report.events if e["event"] == Event.STAGE_START and e["stage"] == "judge" and e.get("overlapped")]
+    ended = [e for e in report.events if e["event"] == Event.STAGE_END and e["stage"] == "judge"]
+    answers_done = [e["t"] for e in report.events if e["event"] == Event.STAGE_END and e["stage"] == "generate"]
+    if not (started and ended and answers_done and ended[-1].get("first_call_t")):
+        return []
+    last_answer, first_call, end = max(answers_done), ended[-1]["first_call_t"], ended[-1]["t"]
+    beside, tail = max(0.0, last_answer - first_call), max(0.0, end - last_answer)
+    return [
+        f"judge: ran beside generation for {beside:.1f} s of its {end - first_call:.1f} s, and ended {tail:.1f} s after the "
+        f"last answer; at most {ended[-1].get('peak_in_flight')} calls in flight, {ended[-1].get('throttled', 0)} refused "
+        "(429 or timeout)"
+    ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import comparisons, plots
 from .events import Event
-from .findings import CORRECTION_HEADERS, CORRECTION_NOTE, RunReport, correction_cells, fault_lines, memory_findings
+from .findings import CORRECTION_HEADERS, CORRECTION_NOTE, RunReport, correction_cells, fault_lines, judge_overlap_lines, memory_findings
 from .fmt import is_nan
 from .memory import bytes_in_use
 from .metrics import ANSWER_METRICS, JUDGE_METRICS, RETRIEVAL_METRICS
@@ -210,15 +210,32 @@ def _memory(report: RunReport, memory: dict) -> str:
     budget = platform.get("pressure_threshold_bytes")
     baseline = platform.get("baseline_target_bytes")
     timeline = plots.memory_timeline(
-        points, marks, budget / 1e9 if budget else None, baseline / 1e9 if baseline else None, memory["source"]
+        points, marks, budget / 1e9 if budget else None, baseline / 1e9 if baseline else None, memory["source"], stage_spans(report, start)
     )
     loads = [(f"{stage}: {model}", seconds or 0.0) for stage, model, seconds in memory["loads"]]
     bars = f'<img alt="load times" src="{plots.load_times(loads)}">' if loads else ""
     return _section(
         "Memory",
         f'<p class="muted">Measured as {escape(memory["source"])}; {memory["samples"]} samples between the fixed snapshots.</p>'
-        f'<img alt="memory timeline" src="{timeline}">{_cards(memory)}<h3>Model load times</h3>{bars}',
+        f'<img alt="memory timeline" src="{timeline}">'
+        + "".join(f"<p>{escape(line)}</p>" for line in judge_overlap_lines(report))
+        + f"{_cards(memory)}<h3>Model load times</h3>{bars}",
     )
+
+
+def stage_spans(report: RunReport, start: float) -> list[tuple[float, float, str]]:
+    """(from, to, label) in seconds since `start`: generation, and the judge's calls (overlapping it when it ran beside)."""
+    spans = []
+    for stage, label in (("generate", "generation"), ("judge", "judge calls")):
+        begun = [e for e in report.events if e["event"] == Event.STAGE_START and e["stage"] == stage]
+        ended = [e for e in report.events if e["event"] == Event.STAGE_END and e["stage"] == stage]
+        if not (begun and ended):
+            continue
+        first = min(e["t"] for e in begun)
+        if stage == "judge":
+            first = min((e["first_call_t"] for e in ended if e.get("first_call_t")), default=first)
+        spans.append((first - start, max(e["t"] for e in ended) - start, label))
+    return spans
 
 
 def _cards(memory: dict) -> str:

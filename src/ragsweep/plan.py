@@ -176,8 +176,8 @@ def in_flight_note(backend: Backend, generation_concurrency: int | None) -> str:
     if generation_concurrency:
         return f"generation: {generation_concurrency} requests in flight per LLM (generation_concurrency)"
     return (
-        f"generation: requests in flight per LLM found by measurement (1 to {MAX_IN_FLIGHT}; the server's OLLAMA_NUM_PARALLEL "
-        "decides); --generation-concurrency N fixes it"
+        f"generation: requests in flight per LLM found by measurement (1 to {MAX_IN_FLIGHT}; the server's slots decide: "
+        "Ollama's OLLAMA_NUM_PARALLEL, llama-server --parallel, vLLM's batch); --generation-concurrency N fixes it"
     )
 
 

@@ -74,9 +74,13 @@ def memory_timeline(
     budget_gb: float | None,
     baseline_gb: float | None,
     source: str,
+    spans: list[tuple[float, float, str]] = (),
 ) -> str:
-    """In-use memory over the run; load (green) and unload (grey) marks; the budget line."""
+    """In-use memory over the run; load (green) and unload (grey) marks; the budget line; shaded spans for the stages that
+    ran at once (generation, and a judge working beside it)."""
     fig, ax = plt.subplots(figsize=(9, 3.8))
+    for (start, end, label), color in zip(spans, ("tab:cyan", "tab:pink", "tab:olive"), strict=False):
+        ax.axvspan(start, end, color=color, alpha=0.15, label=label)
     ax.plot([t for t, _, _ in points], [gb for _, gb, _ in points], marker="o", markersize=3, linewidth=1.5, color="tab:blue", label=source)
     for t, kind, model in marks:
         ax.axvline(t, color="tab:green" if kind == "load" else "0.6", linestyle="--", linewidth=0.8)

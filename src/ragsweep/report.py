@@ -28,6 +28,7 @@ from .findings import (
     correction_cells,
     fault_lines,
     judge_check_lines,
+    judge_overlap_lines,
     judge_usage,
     load_report,
     memory_findings,
@@ -168,24 +169,8 @@ def throughput_lines(report: RunReport) -> list[str]:
         "(prompt_cut in samples.csv; servers before Ollama 0.12.6 cut silently) — raise num_ctx or lower top_k"
         for llm, n in cut.items()
     ]
-    lines += judge_overlap_lines(report)
+    lines += [f"\n- {line}" for line in judge_overlap_lines(report)]
     return lines if len(lines) > 2 else lines + ["- no generation in this run"]
-
-
-def judge_overlap_lines(report: RunReport) -> list[str]:
-    """When the judge ran beside generation: how much of it did, and the tail it left after the last answer."""
-    started = [e for e in report.events if e["event"] == Event.STAGE_START and e["stage"] == "judge" and e.get("overlapped")]
-    ended = [e for e in report.events if e["event"] == Event.STAGE_END and e["stage"] == "judge"]
-    answers_done = [e["t"] for e in report.events if e["event"] == Event.STAGE_END and e["stage"] == "generate"]
-    if not (started and ended and answers_done and ended[-1].get("first_call_t")):
-        return []
-    last_answer, first_call, end = max(answers_done), ended[-1]["first_call_t"], ended[-1]["t"]
-    beside, tail = max(0.0, last_answer - first_call), max(0.0, end - last_answer)
-    return [
-        f"\n- judge: ran beside generation for {beside:.1f} s of its {end - first_call:.1f} s, and ended {tail:.1f} s after the "
-        f"last answer; at most {ended[-1].get('peak_in_flight')} calls in flight, {ended[-1].get('throttled', 0)} refused "
-        "(429 or timeout)"
-    ]
 
 
 def judge_noise_lines(report: RunReport) -> list[str]:
@@ -281,7 +266,15 @@ def render_markdown(report: RunReport) -> str:
             + ("; retry them with --retry-failed)" if causes else ")"),
         ]
         lines += judge_noise_lines(report)
-    lines += ["", "## Memory", "", f"Measured as {memory['source']}, in GB.", "", "### Targets", ""]
+    lines += ["", "## Memory", "", f"Measured as {memory['source']}, in GB."]
+    plan = report.run.get("plan") or {}
+    managed = [m["name"] for m in plan.get("llms", []) + plan.get("retrievers", []) if (m.get("details") or {}).get("server") == "attached"]
+    if managed:
+        lines += [
+            "",
+            f"Server-managed (an attached server: its memory is its own, never unloaded by ragsweep): {md_cell(', '.join(managed))}.",
+        ]
+    lines += ["", "### Targets", ""]
     lines += [f"- [{'x' if ok else ' '}] {name} ({detail})" for name, ok, detail in memory["targets"]]
     if memory["samples"]:
         lines += ["", f"Peaks include {memory['samples']} samples taken while models were resident, between the fixed snapshots."]

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING
 from .base import Backend, Generation, GenerationOptions, LoadedInfo, LoadedModel, ModelInfo, Prompt
 from .local import LocalBackend
 from .ollama import OllamaBackend
+from .server import ServerBackend
 
 if TYPE_CHECKING:
     from ..config import Settings
 
-BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "ollama": OllamaBackend}
+BACKENDS: dict[str, type[Backend]] = {"local": LocalBackend, "ollama": OllamaBackend, "server": ServerBackend}
 
 
 def get_backend(settings: Settings, device: str) -> Backend:

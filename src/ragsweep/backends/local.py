@@ -271,6 +271,11 @@ def classify(message: str) -> str:
     return CONTEXT_OVERFLOW if "exceed context window" in lowered else "error"  # llama-cpp-python: "Requested tokens (N) exceed ..."
 
 
+def model_path(name: str) -> Path:
+    """Where a named local model's weights are (a GGUF file, or a sentence-transformers folder)."""
+    return _locate(name, LOCAL_MODELS[name])
+
+
 def _locate(name: str, model: LocalModel) -> Path:
     """The weight file or folder inside the installed package, without importing the package."""
     spec = importlib.util.find_spec(model.module)
