@@ -36,11 +36,11 @@ def test_the_probe_settles_on_the_servers_slots(slots):
 
 
 def test_latency_is_the_models_time_and_the_wait_for_a_slot_is_its_own_column():
-    with OllamaEmulator(num_parallel=1, call_s=0.05) as emu:
+    with OllamaEmulator(num_parallel=1, call_s=0.2) as emu:  # long enough that a loaded machine's jitter (~50 ms) does not count
         answers = answer_all(emu, InFlightLimit(fixed=3), 9)
-    assert all(0.04 <= a.seconds <= 0.08 for a in answers.values())  # one stream's decode, never the queue
+    assert all(0.16 <= a.seconds <= 0.32 for a in answers.values())  # one stream's decode, never the queue
     waited = sorted(a.queued_s for a in answers.values())
-    assert waited[0] < 0.03 and waited[-1] >= 0.08  # the third in line waited about two answers
+    assert waited[0] < 0.12 and waited[-1] >= 0.32  # the third in line waited about two answers
 
 
 def test_a_full_server_queue_is_retried_and_never_a_failed_answer():

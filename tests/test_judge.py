@@ -449,3 +449,24 @@ def test_an_ollama_judge_on_a_host_with_credentials_judges_every_cell(emulator, 
     assert result.returncode == 0, result.stderr
     assert all(s[m] for s in rows(latest(tmp_path) / "samples.csv") for m in METRICS)
     assert emulator.state.authorizations["Basic b3BzOlMzY3JldA=="] > 0  # ops:S3cret, as a header
+
+
+def test_a_response_models_schema_is_built_once_and_each_caller_gets_its_own_copy():
+    from pydantic import BaseModel
+
+    from ragsweep.judge_client import schemas_built_once
+
+    class Verdict(BaseModel):
+        statement: str
+        verdict: int
+
+    expected = Verdict.model_json_schema()
+    schemas_built_once()
+    first = Verdict.model_json_schema()
+    first["properties"]["verdict"]["type"] = "edited by a caller"
+    assert Verdict.model_json_schema() == expected and Verdict.model_json_schema(mode="serialization") == expected
+
+    class Other(BaseModel):
+        answer: str
+
+    assert Other.model_json_schema()["properties"] == {"answer": {"title": "Answer", "type": "string"}}  # per class, not shared

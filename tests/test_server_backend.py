@@ -1,6 +1,7 @@
 """--backend server against a real OpenAI-compatible server: llama-cpp-python's own (`python -m llama_cpp.server`) over the
 shipped GGUF models, launched per model by ragsweep or attached at a URL."""
 
+import csv
 import json
 import signal
 import socket
@@ -177,3 +178,27 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {SECRET}"}, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_launched_server_embeds_for_dense_retrieval(tmp_path, tiny_corpus, tiny_testset):
+    embedder, llm = own(tmp_path, "smollm2-135m"), str(tmp_path / "models" / "answers.gguf")
+    Path(llm).symlink_to(model_path("smollm2-135m"))
+    command = LAUNCH + " --embedding true"  # llama-cpp-python serves /v1/embeddings only when asked
+    args = ["--backend", "server", "--server-command", command, "--results-dir", str(tmp_path / "r"), "--corpus", str(tiny_corpus)]
+    result = run_cli(*args, "--testset", str(tiny_testset), "--embeddings", embedder, "--llms", llm, "--generation-concurrency", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    rows = list(csv.DictReader((latest_run_dir(tmp_path / "r") / "samples.csv").open()))
+    assert len(rows) == 2 and all(r["embedding_model"] == embedder and r["recall_at_k"] != "" and r["answer"] for r in rows)
+    story = [(e["event"], e["model"]) for e in events(latest_run_dir(tmp_path / "r")) if e["event"] in ("model_load", "model_unload")]
+    assert story == [("model_load", embedder), ("model_unload", embedder), ("model_load", llm), ("model_unload", llm)]
+    assert not servers(tmp_path)
+
+
+def test_a_server_with_four_slots_gets_four_requests_in_flight(tmp_path):
+    """tests/openai_server.py, launched like vLLM: 4 slots that share a batch. The probe finds 4, as it does on Ollama."""
+    command = f"{sys.executable} {Path(__file__).parent / 'openai_server.py'} --model {{model}} --port {{port}} --parallel 4 --call-s 0.25"
+    result = run_cli("--backend", "server", "--server-command", command, "--llms", "emulated-7b", "--embeddings", "bm25,none",
+                     "--limit", "30", "--results-dir", str(tmp_path / "r"))  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    (found,) = [e for e in events(latest_run_dir(tmp_path / "r")) if e["event"] == "throughput"]
+    assert found["in_flight"] == 4 and found["probed"] and found["speedup"] > 1.8

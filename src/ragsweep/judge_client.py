@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import copy
 import functools
 import json
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -103,6 +105,29 @@ def quiet_litellm():
     litellm.suppress_debug_info = True
     logging.getLogger("LiteLLM").setLevel(logging.WARNING)
     return litellm
+
+
+@functools.cache
+def schemas_built_once() -> None:
+    """ragas (to write its prompt) and instructor (to ask for JSON) each build the response model's JSON schema on every
+    judge call, through pydantic's model_json_schema: about a tenth of the harness's CPU per call. A class's schema never
+    changes, so it is built once per class and arguments, and each caller gets its own copy (callers may edit it)."""
+    from pydantic import BaseModel
+
+    build = BaseModel.model_json_schema.__func__
+    built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # classes made on the fly are not kept alive
+
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            key = (args, tuple(sorted(kwargs.items())))
+            schemas = built.setdefault(cls, {})
+            if key not in schemas:
+                schemas[key] = build(cls, *args, **kwargs)
+        except TypeError:  # an argument that cannot be a key: build it as pydantic would
+            return build(cls, *args, **kwargs)
+        return copy.deepcopy(schemas[key])
+
+    BaseModel.model_json_schema = classmethod(model_json_schema)
 
 
 def price_per_token(model: str) -> tuple[float, float] | None:
@@ -236,6 +261,7 @@ class JudgeClient:
         from ragas.llms import llm_factory
         from ragas.metrics.collections import AnswerRelevancy, ContextPrecision, ContextRecall, Faithfulness
 
+        schemas_built_once()
         spec = self.spec
         extra: dict[str, Any] = {}
         if spec.base_url:

@@ -286,7 +286,9 @@ class ServedModel(LoadedModel):
     def embed(self, texts: list[str]) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
         reply = self._post("/v1/embeddings", {"model": self._model_id, "input": texts})
-        vectors = np.array([row["embedding"] for row in sorted(reply["data"], key=lambda row: row["index"])], dtype=np.float32)
+        rows = [np.asarray(row["embedding"], dtype=np.float32) for row in sorted(reply["data"], key=lambda row: row["index"])]
+        # a causal model without pooling (llama-cpp-python's server) answers one vector per token: mean-pooled here
+        vectors = np.stack([row.reshape(-1, row.shape[-1]).mean(axis=0) for row in rows])
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors, time.perf_counter() - started
 
