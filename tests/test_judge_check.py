@@ -232,3 +232,27 @@ def test_a_check_then_a_sweep_by_the_same_judge_shows_the_check_on_screen_and_in
     line = f"judge openai/judge: context_recall AUROC 1.00 [1.00, 1.00] on 10 labelled items (agrees; {check_id})"
     assert f"note: {line}" in sweep.stdout
     assert line in (latest_run_dir(tmp_path) / "report.md").read_text()
+
+
+def test_ctrl_c_stops_a_check_that_the_same_command_finishes_without_paying_twice(tmp_path):
+    import signal
+    import time
+
+    from cli import start_cli
+
+    with JudgeServer(JudgeFaults(latency_s=0.3)) as server:
+        flags = ["judge-check", *judge_flags(server), "--results-dir", str(tmp_path), "--limit", "6", "--judge-concurrency", "2"]
+        run = start_cli(*flags)
+        deadline = time.monotonic() + 120
+        while server.state.chat_requests < 8:
+            assert time.monotonic() < deadline and run.poll() is None, run.communicate()
+            time.sleep(0.1)
+        run.send_signal(signal.SIGINT)
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 130 and "judged items are cached — run the same command again to go on" in err, out + err
+        paid = server.state.chat_requests
+        again = run_cli(*flags)
+        assert again.returncode == 0, again.stderr
+        assert server.state.chat_requests - paid < 42  # the whole check is 6 × (2 + 3 + 1 + 1) = 42 calls
+    (folder,) = [d for d in check_dirs(tmp_path) if (d / "judge_check.csv").exists()]
+    assert all(r["failed"] == "0" for r in table(folder / "judge_check.csv"))
