@@ -202,3 +202,17 @@ def test_a_server_with_four_slots_gets_four_requests_in_flight(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
     (found,) = [e for e in events(latest_run_dir(tmp_path / "r")) if e["event"] == "throughput"]
     assert found["in_flight"] == 4 and found["probed"] and found["speedup"] > 1.8
+
+
+def test_a_hub_id_is_a_name_for_the_server_to_fetch_and_a_path_must_exist(tmp_path):
+    from ragsweep.backends.server import ServerBackend
+    from ragsweep.errors import ModelNotFoundError
+
+    backend = ServerBackend("vllm serve {model} --port {port}", None, 60, 60, None)
+    hub = backend.describe("Qwen/Qwen2.5-7B-Instruct", "llm")
+    assert hub.size_bytes is None and hub.digest != backend.describe("mistralai/Mistral-7B-Instruct-v0.3", "llm").digest
+    local = backend.describe(own(tmp_path), "llm")
+    assert local.size_bytes == model_path("smollm2-135m").stat().st_size
+    for missing in (str(tmp_path / "absent.gguf"), "./absent", "~/absent-model"):
+        with pytest.raises(ModelNotFoundError, match="is not a file or folder here"):
+            backend.describe(missing, "llm")

@@ -88,7 +88,8 @@ class ServerBackend(Backend):
     def describe(self, name: str, kind: Kind) -> ModelInfo:
         if self.launched:
             path = Path(name).expanduser()
-            looks_like_a_path = "/" in name or path.suffix in {".gguf", ".safetensors", ".bin"}
+            # a file the user names; "Qwen/Qwen2.5-7B-Instruct" is a hub id for vLLM or SGLang to fetch, not a path
+            looks_like_a_path = name.startswith(("/", "./", "../", "~")) or path.suffix in {".gguf", ".safetensors", ".bin"}
             if looks_like_a_path and not path.exists():
                 raise ModelNotFoundError(f"model {name!r} is not a file or folder here — --server-command launches {{model}} from it")
             if path.is_file():
