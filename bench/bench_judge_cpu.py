@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "src")]
 
 from ragsweep.config import load_settings  # noqa: E402
-from ragsweep.judge import _FIELDS, Cell, Judging, cell_key  # noqa: E402
+from ragsweep.judge import Cell, Judging, cell_key  # noqa: E402
 from ragsweep.judge_client import JudgeSpec  # noqa: E402
+from ragsweep.metrics import JUDGE_INPUTS  # noqa: E402
 from ragsweep.platform import PlatformConfig  # noqa: E402
 from ragsweep.run import RunContext  # noqa: E402
 from ragsweep.runlog import RunLog  # noqa: E402
@@ -44,8 +45,8 @@ def cells_from_demo(spec: JudgeSpec, n: int) -> list[Cell]:
             "retrieved_contexts": contexts,
             "reference": q["reference"],
         }
-        metric = list(_FIELDS)[i % 4]
-        inputs = {k: v for k, v in base.items() if k in _FIELDS[metric]}
+        metric = list(JUDGE_INPUTS)[i % 4]
+        inputs = {k: v for k, v in base.items() if k in JUDGE_INPUTS[metric]}
         cells.append(Cell("bm25", "llm", f"q{i}", metric, 0, inputs, cell_key(spec, metric, inputs, 0)))
     return cells
 

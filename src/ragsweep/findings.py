@@ -100,8 +100,8 @@ def judge_check_lines(store: Store, plan: dict[str, Any]) -> list[str]:
             "(with this run's other judge flags) to see how well it separates good answers from bad"
         ]
     return [
-        f"judge {judge}: {r['metric']} AUROC {_two(r['auroc'])} [{_two(r['auroc_ci_low'])}, {_two(r['auroc_ci_high'])}] "
-        f"on {r['n']} labelled items ({r['verdict']}; {check['check_id']})"
+        f"judge {judge}: {r['metric']} AUROC {fmt.number(r['auroc'], 2)} [{fmt.number(r['auroc_ci_low'], 2)}, "
+        f"{fmt.number(r['auroc_ci_high'], 2)}] on {r['n']} labelled items ({r['verdict']}; {check['check_id']})"
         for r in check["rows"]
     ]
 
@@ -126,10 +126,6 @@ def correction_cells(row: dict[str, Any]) -> list[str]:
     judge = fmt.interval(row["judge"], row["metric"])
     ranking = "changed after correction" if row["rank_changed"] else ""
     return [row["embedding_model"], row["llm"], row["metric"], judge, fmt.estimate(found), str(found.n), halve, ranking]
-
-
-def _two(value: float | None) -> str:
-    return "NaN" if value is None or is_nan(value) else f"{value:.2f}"
 
 
 def correct_by_labels(summary: list[dict[str, Any]], samples: list[dict[str, Any]], labels: list[dict[str, Any]]) -> list[dict[str, Any]]:

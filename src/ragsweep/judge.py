@@ -30,7 +30,7 @@ from .events import Event
 from .interrupts import raise_if_signalled
 from .judge_client import CostCapReached, JudgeClient, JudgeSpec, Usage, classify, current_cell, price_per_token
 from .lifecycle import resident_model
-from .metrics import JUDGE_METRICS
+from .metrics import JUDGE_INPUTS, JUDGE_METRICS
 from .nvml import device_used_bytes
 from .progress import bar
 from .redact import redact
@@ -183,9 +183,9 @@ def cells_for(ctx: RunContext, spec: JudgeSpec, only_failed: bool = False) -> li
             "reference": sample["reference"],
         }
         for metric in JUDGE_METRICS:
-            if retriever == CLOSED_BOOK and "retrieved_contexts" in _FIELDS[metric]:
+            if retriever == CLOSED_BOOK and "retrieved_contexts" in JUDGE_INPUTS[metric]:
                 continue
-            inputs = {k: v for k, v in base.items() if k in _FIELDS[metric]}
+            inputs = {k: v for k, v in base.items() if k in JUDGE_INPUTS[metric]}
             for repeat in range(spec.repeats):
                 if only_failed and (retriever, sample["llm"], sample["question_id"], metric, repeat) not in failed:
                     continue
@@ -199,14 +199,6 @@ def cell_key(spec: JudgeSpec, metric: str, inputs: dict, repeat: int) -> str:
     """Judge identity + metric + exact inputs; repeat 0 keeps the key judgements had before repeats existed."""
     again = f"|repeat={repeat}" if repeat else ""
     return hashlib.sha256(f"{spec.identity}|{metric}|{json.dumps(inputs, sort_keys=True)}{again}".encode()).hexdigest()
-
-
-_FIELDS = {
-    "faithfulness": {"user_input", "response", "retrieved_contexts"},
-    "answer_relevancy": {"user_input", "response"},
-    "context_precision": {"user_input", "reference", "retrieved_contexts"},
-    "context_recall": {"user_input", "retrieved_contexts", "reference"},
-}
 
 
 POLL_S = 0.5  # how often a judge that runs beside generation looks for new answers

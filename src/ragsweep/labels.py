@@ -19,16 +19,17 @@ from typing import Any
 
 from .errors import InputError
 from .fmt import shown
-from .metrics import JUDGE_METRICS
+from .metrics import JUDGE_INPUTS, JUDGE_METRICS
 from .testset import check_fields, read_rows
 
-# The fields each RAGAS metric reads (the judge stage's inputs; retrieved_contexts come from `contexts`).
-METRIC_FIELDS = {
-    "faithfulness": ("question", "answer", "contexts"),
-    "answer_relevancy": ("question", "answer"),
-    "context_precision": ("question", "reference", "contexts"),
-    "context_recall": ("question", "reference", "contexts"),
-}
+ITEM_FIELDS = {
+    "user_input": "question",
+    "response": "answer",
+    "retrieved_contexts": "contexts",
+    "reference": "reference",
+}  # ragas's -> ours
+# what an item of each metric must carry: the metric's judge inputs (metrics.JUDGE_INPUTS), under the item's field names
+METRIC_FIELDS = {metric: tuple(ours for ragas, ours in ITEM_FIELDS.items() if ragas in names) for metric, names in JUDGE_INPUTS.items()}
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,7 @@ class LabelledItem:
             "retrieved_contexts": list(self.contexts),
             "reference": self.reference,
         }
-        wanted = {"question": "user_input", "answer": "response", "contexts": "retrieved_contexts", "reference": "reference"}
-        return {wanted[name]: every[wanted[name]] for name in METRIC_FIELDS[self.metric]}
+        return {name: every[name] for name in JUDGE_INPUTS[self.metric]}
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,12 @@ from .words import ANSWER_WORD
 RETRIEVAL_METRICS = ("recall_at_k", "mrr", "ndcg_at_k")  # known even when the answer failed
 ANSWER_METRICS = ("exact_match", "token_f1")
 JUDGE_METRICS = ("faithfulness", "answer_relevancy", "context_precision", "context_recall")  # RAGAS, through the judge LLM
+JUDGE_INPUTS = {  # what each RAGAS metric reads, by ragas's input names (a sweep's cells and a judge check's items alike)
+    "faithfulness": {"user_input", "response", "retrieved_contexts"},
+    "answer_relevancy": {"user_input", "response"},
+    "context_precision": {"user_input", "reference", "retrieved_contexts"},
+    "context_recall": {"user_input", "retrieved_contexts", "reference"},
+}
 
 
 def recall_at_k(ranked: Sequence[str], relevant: Sequence[str], k: int) -> float:
